@@ -1,0 +1,234 @@
+"""Streaming Gaussian sufficient statistics, packed into one flat float64 tensor.
+
+The metric keeps, for each group of feature vectors ``v`` (reference or candidate pairs, ``v = [x; y]``), the
+count ``n``, a shift ``s`` and the shifted sums ``S1 = sum(v - s)`` and ``S2 = sum((v - s)(v - s)^T)``.
+
+Why a shift: raw float64 sums ``sum(v)`` and ``sum(v v^T)`` lose about 2.5 digits on CLIP features, whose mean has
+norm close to 1 while the smallest covariance eigenvalues are near 1e-9 (the error grows like
+``eps * |mean - s|^2 / lambda_min``). The shift is set to the mean of the first batch a group sees, which removes
+almost all of the common mean, and the update stays a single in-place GEMM (``S2 += C^T C``), which runs at the
+machine's matrix-multiply peak. Two packed states with different shifts are merged by moving both to their common
+mean first (a Chan-style merge), so the reduction is exact whatever the order or the split across processes.
+
+Layout of a packed tensor for dimension ``D`` (length ``1 + 2 D + D^2``)::
+
+    [ n | shift (D) | S1 (D) | S2 (D x D, row-major) ]
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class GaussianMoments(NamedTuple):
+    """Unpacked view of a packed moments tensor; see the module docstring for the meaning of each field."""
+
+    count: Tensor
+    shift: Tensor
+    shifted_sum: Tensor
+    shifted_outer_sum: Tensor
+
+
+def packed_size(dim: int) -> int:
+    """Return the length of the packed tensor for features of dimension ``dim``.
+
+    Example:
+        >>> packed_size(3)
+        16
+    """
+    return 1 + 2 * dim + dim * dim
+
+
+def dim_from_packed_size(size: int) -> int:
+    """Invert :func:`packed_size`.
+
+    Raises:
+        ValueError: If ``size`` is not ``1 + 2 D + D^2`` for any integer ``D``.
+
+    Example:
+        >>> dim_from_packed_size(16)
+        3
+    """
+    # 1 + 2D + D^2 = (D + 1)^2
+    root = int(round(size**0.5))
+    if root < 1 or root * root != size:
+        raise ValueError(f"A packed moments tensor has (D + 1)^2 elements; got {size}.")
+    return root - 1
+
+
+def empty_moments(dim: int, device: torch.device | str | None = None) -> Tensor:
+    """Return a zero packed moments tensor (no samples seen) in float64.
+
+    Example:
+        >>> empty_moments(2).shape
+        torch.Size([9])
+    """
+    return torch.zeros(packed_size(dim), dtype=torch.float64, device=device)
+
+
+def unpack(packed: Tensor) -> GaussianMoments:
+    """Return views of the fields of a packed moments tensor (no copy, so in-place edits reach ``packed``).
+
+    Example:
+        >>> unpack(empty_moments(2)).shifted_outer_sum.shape
+        torch.Size([2, 2])
+    """
+    dim = dim_from_packed_size(packed.shape[-1])
+    return GaussianMoments(
+        count=packed[0],
+        shift=packed[1 : 1 + dim],
+        shifted_sum=packed[1 + dim : 1 + 2 * dim],
+        shifted_outer_sum=packed[1 + 2 * dim :].view(dim, dim),
+    )
+
+
+def accumulate_(packed: Tensor, features: Tensor) -> Tensor:
+    """Add a batch of feature rows to a packed moments tensor, in place.
+
+    The first batch a group sees sets its shift to that batch's mean; the choice is made on the device, without a
+    host synchronisation.
+
+    Args:
+        packed: Packed moments of dimension ``D``, float64.
+        features: Batch of shape ``(B, D)``; any floating dtype, it is cast to float64 once.
+
+    Returns:
+        ``packed``, updated.
+
+    Example:
+        >>> state = empty_moments(2)
+        >>> _ = accumulate_(state, torch.tensor([[1.0, 2.0], [3.0, 6.0]]))
+        >>> mean, scatter = mean_and_scatter(state)
+        >>> mean.tolist(), scatter.tolist()
+        ([2.0, 4.0], [[2.0, 4.0], [4.0, 8.0]])
+    """
+    if features.shape[0] == 0:
+        return packed
+    fields = unpack(packed)
+    batch = features.to(dtype=torch.float64)
+    first_batch = fields.count == 0
+    fields.shift.copy_(torch.where(first_batch, batch.mean(dim=0), fields.shift))
+    batch = batch - fields.shift  # a new tensor: the caller's features are never modified
+    fields.shifted_sum.add_(batch.sum(dim=0))
+    fields.shifted_outer_sum.addmm_(batch.mT, batch)
+    fields.count.add_(batch.shape[0])
+    return packed
+
+
+def recentre_(packed: Tensor) -> Tensor:
+    """Move the shift of a packed moments tensor to its current mean, in place.
+
+    This changes no statistic; it keeps later batches close to the shift. The metric calls it after the 1st, 2nd,
+    4th, 8th, ... batch of a group, so a first batch of one sample costs no precision (an O(D^2 log N) cost).
+
+    Example:
+        >>> state = from_features(torch.tensor([[0.0], [2.0]]))
+        >>> _ = accumulate_(state, torch.tensor([[10.0]]))
+        >>> before = mean_and_scatter(state)
+        >>> after = mean_and_scatter(recentre_(state))
+        >>> all(torch.allclose(b, a) for b, a in zip(before, after)), unpack(state).shift.tolist()
+        (True, [4.0])
+    """
+    fields = unpack(packed)
+    count = fields.count.clamp(min=1.0)
+    # With d = s - mean and S1 = -n d: S2 + d S1^T + S1 d^T + n d d^T = S2 - S1 S1^T / n.
+    fields.shifted_outer_sum.sub_(torch.outer(fields.shifted_sum, fields.shifted_sum / count))
+    fields.shift.add_(fields.shifted_sum / count)
+    fields.shifted_sum.zero_()
+    return packed
+
+
+def from_features(features: Tensor) -> Tensor:
+    """Return the packed moments of a whole feature matrix ``(N, D)``; this is an exact two-pass computation.
+
+    Example:
+        >>> from_features(torch.eye(2))[0].item()
+        2.0
+    """
+    return accumulate_(empty_moments(features.shape[-1], device=features.device), features)
+
+
+def merge(stacked: Tensor) -> Tensor:
+    """Merge packed moments stacked along dim 0 into one packed tensor.
+
+    Every part is moved to the pooled mean before the shifted sums are added, which is exact in exact arithmetic
+    and as accurate as a two-pass computation in float64. This is the ``dist_reduce_fx`` of the metric's states,
+    so it serves the DDP sync (all ranks stacked) as well as ``forward`` and ``merge_state`` (two states stacked).
+
+    Args:
+        stacked: Tensor of shape ``(K, (D + 1)^2)``.
+
+    Returns:
+        Tensor of shape ``((D + 1)^2,)``.
+
+    Example:
+        >>> a, b = torch.randn(5, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+        >>> merged = merge(torch.stack([from_features(a), from_features(b)]))
+        >>> whole = from_features(torch.cat([a, b]))
+        >>> all(torch.allclose(m, w) for m, w in zip(mean_and_scatter(merged), mean_and_scatter(whole)))
+        True
+    """
+    if stacked.ndim == 1:
+        return stacked
+    if stacked.shape[0] == 1:
+        return stacked[0]
+    dim = dim_from_packed_size(stacked.shape[-1])
+    counts = stacked[:, 0]
+    shifts = stacked[:, 1 : 1 + dim]
+    sums = stacked[:, 1 + dim : 1 + 2 * dim]
+    outer_sums = stacked[:, 1 + 2 * dim :].reshape(-1, dim, dim)
+
+    total = counts.sum()
+    safe_counts = counts.clamp(min=1.0).unsqueeze(1)
+    part_means = shifts + sums / safe_counts
+    common = (counts.unsqueeze(1) * part_means).sum(dim=0) / total.clamp(min=1.0)
+    # Move each part from its own shift s_k to the common shift c: with d = s_k - c,
+    # sum (v - c) = S1 + n d and sum (v - c)(v - c)^T = S2 + d S1^T + S1 d^T + n d d^T.
+    offsets = shifts - common
+    weighted = sums + 0.5 * counts.unsqueeze(1) * offsets
+    outer = (
+        outer_sums.sum(dim=0)
+        + torch.einsum("ki,kj->ij", offsets, weighted)
+        + torch.einsum("ki,kj->ij", weighted, offsets)
+    )
+
+    merged = torch.empty_like(stacked[0])
+    fields = unpack(merged)
+    fields.count.copy_(total)
+    fields.shift.copy_(common)
+    fields.shifted_sum.copy_((sums + counts.unsqueeze(1) * offsets).sum(dim=0))
+    fields.shifted_outer_sum.copy_(outer)
+    return merged
+
+
+def mean_and_scatter(packed: Tensor, center: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Return the mean and the scatter matrix ``sum (v - c)(v - c)^T`` of a packed moments tensor.
+
+    Args:
+        packed: Packed moments.
+        center: Point ``c`` about which the scatter is taken; the group's own mean when ``None``.
+
+    Returns:
+        ``(mean, scatter)``, both float64.
+
+    Example:
+        >>> state = from_features(torch.tensor([[0.0], [2.0]]))
+        >>> [t.tolist() for t in mean_and_scatter(state)]
+        [[1.0], [[2.0]]]
+        >>> [t.tolist() for t in mean_and_scatter(state, center=torch.zeros(1, dtype=torch.float64))]
+        [[1.0], [[4.0]]]
+    """
+    fields = unpack(packed)
+    count = fields.count.clamp(min=1.0)
+    mean = fields.shift + fields.shifted_sum / count
+    if center is None:
+        # S2 - S1 S1^T / n; S1 is small because the shift is close to the mean.
+        scatter = fields.shifted_outer_sum - torch.outer(fields.shifted_sum, fields.shifted_sum) / count
+    else:
+        offset = fields.shift - center
+        weighted = fields.shifted_sum + 0.5 * fields.count * offset
+        scatter = fields.shifted_outer_sum + torch.outer(offset, weighted) + torch.outer(weighted, offset)
+    return mean, scatter
