@@ -1,7 +1,7 @@
 """mid-metric: Mutual Information Divergence for text-to-image and captioning models.
 
-``import mid_metric`` stays light: it needs torch and torchmetrics only. Hugging Face transformers is imported only
-when a CLIP model is requested.
+``import mid_metric`` needs torch and torchmetrics only: this package imports Hugging Face transformers only when a
+CLIP model is requested. (torchmetrics 1.9 itself imports transformers at its own import when it is installed.)
 """
 
 from mid_metric import functional

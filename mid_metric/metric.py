@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -10,6 +13,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from mid_metric import moments
+from mid_metric.features import as_feature_extractor, check_texts, count_images
 from mid_metric.functional import (
     GaussianReference,
     divergence_from_moments,
@@ -17,9 +21,18 @@ from mid_metric.functional import (
     reference_from_moments,
 )
 from mid_metric.result import MIDResult
+from mid_metric.sync import all_reduce_moments
 from mid_metric.validation import check_eps, check_pairs
 
-FeatureSpec = Union[int, tuple[int, int]]
+FeatureSpec = Union[int, tuple[int, int], str, tuple[Any, Any], Callable[..., Any], Any]
+ReferencePath = Union[str, "os.PathLike[str]"]
+_EXTRACTOR_PREFIX = "feature_extractor."
+_LOADED_REFERENCE_KEY = "loaded_reference_moments"
+
+
+def _are_features(images: object, texts: object) -> bool:
+    """Whether a batch is already features (2-D image tensor and a text tensor), not raw images and captions."""
+    return isinstance(images, Tensor) and images.ndim == 2 and isinstance(texts, Tensor)
 
 
 def _parse_feature_dims(feature: object) -> tuple[int, int]:
@@ -60,16 +73,26 @@ class MutualInformationDivergence(Metric):
     processes hang. :meth:`pmi` uses the reference statistics of the calling process only.
 
     Args:
-        feature: Feature size: an int for both modalities, or a pair ``(image_dim, text_dim)``.
+        feature: Feature size: an int for both modalities, or a pair ``(image_dim, text_dim)``; then ``update`` and
+            ``pmi`` take features. Or a feature extractor, and then they take images and captions: a Hugging Face
+            CLIP id or local folder (``"openai/clip-vit-large-patch14"``), a ``(CLIPModel, CLIPProcessor)`` pair,
+            two callables ``(image_encoder, text_encoder)``, or an object with ``encode_images``/``encode_texts``
+            (see :func:`mid_metric.features.as_feature_extractor`). The model is frozen, moves with the metric and
+            is not part of ``state_dict()``.
         eps: Added to the diagonal of every covariance; ``0`` reproduces the paper, which hints at ``5e-4`` for
             fewer than 30,000 reference pairs.
         reset_real_features: If ``False``, :meth:`reset` keeps the reference statistics, so one reference can
             score many candidate sets.
         validate_args: Check inputs for shape, dtype and NaN/Inf (one host synchronisation per batch on CUDA).
+        reference: A reference statistics file written by :meth:`save_reference`, loaded as if its pairs had been
+            passed with ``real=True`` (see :meth:`load_reference`).
+        check_feature_extractor: Refuse reference files made with a feature extractor of another name.
         kwargs: Passed to :class:`torchmetrics.Metric` (``dist_sync_on_step``, ``process_group``, ...).
 
     Raises:
-        TypeError: If ``feature`` is not an int or a pair of ints.
+        TypeError: If ``feature`` is none of the forms above.
+        ImportError: If ``feature`` names a model and transformers is not installed.
+        OSError: If the model named by ``feature`` cannot be found or loaded.
         ValueError: If ``eps`` is negative or not finite.
 
     Example:
@@ -102,13 +125,31 @@ class MutualInformationDivergence(Metric):
         eps: float = 0.0,
         reset_real_features: bool = True,
         validate_args: bool = True,
+        reference: Optional[ReferencePath] = None,
+        check_feature_extractor: bool = True,
         **kwargs: Any,
     ) -> None:
+        if kwargs.get("dist_sync_fn") is None:
+            # All-reduce the packed moments: sync traffic of one state's size, not world_size states (see sync.py).
+            kwargs["dist_sync_fn"] = all_reduce_moments
         super().__init__(**kwargs)
-        self.image_dim, self.text_dim = _parse_feature_dims(feature)
         self.eps = check_eps(eps)
         if not isinstance(reset_real_features, bool):
             raise TypeError(f"`reset_real_features` must be a bool, got {reset_real_features!r}.")
+        if not isinstance(check_feature_extractor, bool):
+            raise TypeError(f"`check_feature_extractor` must be a bool, got {check_feature_extractor!r}.")
+        self.check_feature_extractor = check_feature_extractor
+        # A model (or any encoder) when `feature` names one; None when the user passes features.
+        extractor = as_feature_extractor(feature)
+        if extractor is None:
+            self.image_dim, self.text_dim = _parse_feature_dims(feature)
+            self.feature_extractor: Optional[Any] = None
+            #: Name of the extractor of the features, written to reference files ("" when unknown).
+            self.feature_extractor_name = ""
+        else:
+            self.feature_extractor = extractor  # a frozen submodule: moves with .to(), kept out of state_dict
+            self.image_dim, self.text_dim = int(extractor.image_dim), int(extractor.text_dim)
+            self.feature_extractor_name = str(extractor.name)
         self.reset_real_features = reset_real_features
         self.validate_args = bool(validate_args)
         joint_dim = self.image_dim + self.text_dim
@@ -121,8 +162,14 @@ class MutualInformationDivergence(Metric):
         )
         # Batches seen per group since its last reset (host side), to recentre the shift after batch 1, 2, 4, ...
         self._batches_seen = {"reference": 0, "candidate": 0}
-        self._reference_cache: Optional[tuple[Tensor, int, GaussianReference]] = None
+        self._reference_cache: Optional[tuple[Tensor, int, Tensor, int, GaussianReference]] = None
         self._last_result: Optional[MIDResult] = None
+        # Statistics loaded from a reference file. They are kept apart from the synced state, so that under DDP,
+        # where every rank loads the same file, they are counted once; `_fitted_reference` merges the two.
+        self._loaded_reference = moments.empty_moments(joint_dim)
+        self._loaded_count = 0
+        if reference is not None:
+            self.load_reference(reference)
 
     # ------------------------------------------------------------------ inputs
     def _check_device(self) -> None:
@@ -132,7 +179,9 @@ class MutualInformationDivergence(Metric):
                 " metric on the CPU (`metric.to('cpu')`); features on MPS are moved to it automatically."
             )
 
-    def _joint_features(self, images: Tensor, texts: Tensor) -> Tensor:
+    def _joint_features(self, images: Any, texts: Any) -> Tensor:
+        if self.feature_extractor is not None and not _are_features(images, texts):
+            images, texts = self.extract_features(images, texts)
         if self.validate_args:
             images, texts = check_pairs(images, texts, self.image_dim, self.text_dim)
         device = self.reference_moments.device
@@ -140,12 +189,16 @@ class MutualInformationDivergence(Metric):
             [images.to(device=device, dtype=torch.float64), texts.to(device=device, dtype=torch.float64)], dim=1
         )
 
-    def update(self, images: Tensor, texts: Tensor, real: bool) -> None:
+    def update(self, images: Any, texts: Any, real: bool) -> None:
         """Add a batch of pairs to the reference (``real=True``) or to the candidates (``real=False``).
 
         Args:
             images: Image features ``(B, image_dim)``, float16/bfloat16/float32/float64, L2-normalised as CLIP's.
-            texts: Text features ``(B, text_dim)`` paired row by row with ``images``.
+                When the metric holds a model (``feature`` named one), raw images instead: a uint8 tensor
+                ``(B, 3, H, W)``, a float tensor ``(B, 3, H, W)`` in ``[0, 1]``, or a list of PIL images or
+                ``(3, H, W)`` tensors (features are still accepted).
+            texts: Text features ``(B, text_dim)`` paired row by row with ``images``; a list of ``B`` captions
+                when the metric holds a model.
             real: ``True`` for reference pairs, ``False`` for candidate pairs. An empty batch changes nothing.
 
         Raises:
@@ -169,13 +222,26 @@ class MutualInformationDivergence(Metric):
     # ----------------------------------------------------------------- outputs
     def _fitted_reference(self) -> GaussianReference:
         """Return the reference Gaussian of the current state, refactorised only when that state changed."""
-        state = self.reference_moments
+        state, loaded = self.reference_moments, self._loaded_reference
         cached = self._reference_cache
-        if cached is not None and cached[0] is state and cached[1] == state._version:
-            return cached[2]
-        reference = reference_from_moments(state, self.image_dim, self.eps)
-        self._reference_cache = (state, state._version, reference)
+        if (
+            cached is not None
+            and cached[0] is state
+            and cached[1] == state._version
+            and cached[2] is loaded
+            and cached[3] == loaded._version
+        ):
+            return cached[4]
+        reference = reference_from_moments(self._reference_statistics(), self.image_dim, self.eps)
+        self._reference_cache = (state, state._version, loaded, loaded._version, reference)
         return reference
+
+    def _reference_statistics(self) -> Tensor:
+        """Packed moments of all reference pairs: those passed to ``update`` and those loaded from a file."""
+        if self._loaded_count == 0:
+            return self.reference_moments
+        state = self.reference_moments
+        return moments.merge(torch.stack([self._loaded_reference.to(state.device), state]))
 
     def compute(self) -> Tensor:
         """Return MID as a 0-dim float64 tensor on the device of the state.
@@ -216,7 +282,7 @@ class MutualInformationDivergence(Metric):
         """The :class:`~mid_metric.result.MIDResult` of the latest :meth:`compute`, or ``None`` before one."""
         return self._last_result
 
-    def pmi(self, images: Tensor, texts: Tensor) -> Tensor:
+    def pmi(self, images: Any, texts: Any) -> Tensor:
         """Per-pair pointwise mutual information under the reference fitted so far (this process's state).
 
         The mean over the candidates equals MID up to the ``M / (M - 1)`` scaling of the distance part; these are
@@ -224,8 +290,9 @@ class MutualInformationDivergence(Metric):
         human judgments.
 
         Args:
-            images: Image features ``(B, image_dim)``.
-            texts: Text features ``(B, text_dim)``.
+            images: Image features ``(B, image_dim)``, or raw images when the metric holds a model (see
+                :meth:`update`).
+            texts: Text features ``(B, text_dim)``, or a list of captions when the metric holds a model.
 
         Returns:
             Float64 tensor of shape ``(B,)`` on the state's device.
@@ -241,7 +308,7 @@ class MutualInformationDivergence(Metric):
         )
 
     # ------------------------------------------------------- torchmetrics hooks
-    def forward(self, images: Tensor, texts: Tensor, real: bool) -> Optional[Tensor]:
+    def forward(self, images: Any, texts: Any, real: bool) -> Optional[Tensor]:
         """Accumulate a batch, like :meth:`update`, and return a batch score when one is defined.
 
         A batch on its own cannot be scored (it has no reference of its own), so, unlike most torchmetrics
@@ -254,6 +321,8 @@ class MutualInformationDivergence(Metric):
             raise TorchMetricsUserError(
                 "The Metric shouldn't be synced when performing ``forward``. HINT: Did you forget to call ``unsync`` ?."
             )
+        if self.feature_extractor is not None and not _are_features(images, texts):
+            images, texts = self.extract_features(images, texts)  # encode once, for update and pmi
         self.update(images, texts, real=real)
         batch_value: Optional[Tensor] = None
         if not real and images.shape[0] > 0:
@@ -271,9 +340,306 @@ class MutualInformationDivergence(Metric):
         self._batches_seen["candidate"] = 0
         if kept is None:
             self._batches_seen["reference"] = 0
+            self._clear_loaded_reference()
         else:
             self.reference_moments = kept
         self._last_result = None
+
+    def get_extra_state(self) -> dict[str, int]:
+        """Return the per-group batch counters, which ``state_dict()`` saves next to the statistics.
+
+        They decide when the shift is recentred, so a metric restored from a checkpoint mid-epoch continues
+        bit for bit like an uninterrupted one.
+        """
+        return dict(self._batches_seen)
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the batch counters saved by :meth:`get_extra_state` (``load_state_dict`` calls this)."""
+        if not isinstance(state, dict):
+            raise TypeError(f"The extra state of MutualInformationDivergence must be a dict, got {type(state)}.")
+        for group in self._batches_seen:
+            if group in state:
+                self._batches_seen[group] = int(state[group])
+
+    def plot(
+        self, val: Optional[Union[Tensor, Sequence[Tensor]]] = None, ax: Optional[Any] = None
+    ) -> tuple[Any, Any]:
+        """Plot one MID value, or a sequence of values (e.g. one per epoch), with matplotlib.
+
+        Follows torchmetrics' plot API; matplotlib is the optional extra ``mid-metric[plot]``.
+
+        Args:
+            val: A value returned by :meth:`compute`, or a sequence of them, plotted as a curve over steps.
+                ``None`` plots the result of :meth:`compute`.
+            ax: A matplotlib axes to draw on; a new figure is made when ``None``.
+
+        Returns:
+            ``(fig, ax)``; ``fig`` is ``None`` when ``ax`` was given.
+
+        Raises:
+            ModuleNotFoundError: If matplotlib is not installed.
+
+        Example:
+            >>> import matplotlib
+            >>> matplotlib.use("Agg")
+            >>> metric = MutualInformationDivergence(feature=2)
+            >>> values = [torch.tensor(0.3), torch.tensor(0.5), torch.tensor(0.6)]
+            >>> fig, ax = metric.plot(values)
+            >>> len(ax.lines[0].get_ydata())
+            3
+        """
+        return self._plot(val, ax)
+
+    def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
+        """Merge another metric's (or a ``metric_state`` dict's) statistics into this one (exact, Chan-style)."""
+        super().merge_state(incoming_state)
+        # torchmetrics keeps the value of an earlier compute() after a merge; it is stale now.
+        self._computed = None
+        self._last_result = None
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        loaded_reference = state_dict.pop(prefix + _LOADED_REFERENCE_KEY, None)
+        if loaded_reference is not None:
+            expected = self._loaded_reference.shape
+            if not isinstance(loaded_reference, Tensor) or loaded_reference.shape != expected:
+                raise ValueError(
+                    f"Cannot load `{prefix + _LOADED_REFERENCE_KEY}`: expected packed moments of shape"
+                    f" {tuple(expected)}, got {getattr(loaded_reference, 'shape', type(loaded_reference))}."
+                )
+        if self.feature_extractor is not None:
+            # The extractor's weights are not saved (see state_dict); supply its own so strict loading passes.
+            extractor_prefix = prefix + _EXTRACTOR_PREFIX
+            for key, value in self.feature_extractor.state_dict(prefix=extractor_prefix, keep_vars=True).items():
+                state_dict.setdefault(key, value)
+        for key in self._defaults:
+            name = prefix + key
+            if name not in state_dict:
+                continue
+            current = getattr(self, key)
+            loaded = state_dict[name]
+            if not isinstance(loaded, Tensor) or loaded.shape != current.shape:
+                raise ValueError(
+                    f"Cannot load `{name}`: expected packed moments of shape {tuple(current.shape)} for feature"
+                    f" ({self.image_dim}, {self.text_dim}), got {getattr(loaded, 'shape', type(loaded))}."
+                )
+            # torchmetrics would adopt the caller's tensor itself; the state is updated in place, so take a float64
+            # copy on this metric's device instead (a checkpoint loaded twice must not share one state).
+            state_dict[name] = loaded.to(device=current.device, dtype=torch.float64, copy=True)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if loaded_reference is not None:
+            self._loaded_reference = loaded_reference.to(
+                device=self.reference_moments.device, dtype=torch.float64, copy=True
+            )
+            self._loaded_count = int(self._loaded_reference[0])
+        self._computed = None  # a value cached before the load is stale
+        self._last_result = None
+
+    def _apply(self, fn: Any, exclude_state: Any = "") -> Any:
+        """Move the states with ``.to(device)`` / ``.cuda()``, but keep them float64 whatever dtype is asked."""
+
+        def keep_float64(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            if tensor.dtype == torch.float64 and moved.dtype != torch.float64:
+                return tensor.to(device=moved.device)  # `.to(torch.float16)` would otherwise round the statistics
+            return moved
+
+        result = super()._apply(keep_float64, exclude_state)
+        loaded = getattr(self, "_loaded_reference", None)
+        if loaded is not None:  # reference-file statistics are not a state: move them with the states
+            self._loaded_reference = loaded.to(device=self.reference_moments.device)
+        return result
+
+    # ------------------------------------------------ models and reference files
+    def extract_features(self, images: Any, texts: Any) -> tuple[Tensor, Tensor]:
+        """Encode raw images and captions with the metric's feature extractor.
+
+        This is what :meth:`update` and :meth:`pmi` do with raw inputs; call it to cache features, which those
+        methods also accept.
+
+        Args:
+            images: A uint8 tensor ``(B, 3, H, W)``, a float tensor ``(B, 3, H, W)`` in ``[0, 1]``, or a list of
+                PIL images or ``(3, H, W)`` tensors.
+            texts: A list of ``B`` captions.
+
+        Returns:
+            ``(image_features, text_features)``: float32, L2-normalised, on the extractor's device.
+
+        Raises:
+            TypeError: If the metric holds no extractor (it was built with feature sizes), or an input has the
+                wrong type.
+            ValueError: If the numbers of images and captions differ, or an image is malformed.
+        """
+        extractor = self.feature_extractor
+        if extractor is None:
+            raise TypeError(
+                "This metric was built with feature sizes, so it takes features, not images and captions. Build it"
+                " with a model, e.g. MutualInformationDivergence(feature='openai/clip-vit-large-patch14'), to pass"
+                " raw inputs."
+            )
+        count = count_images(images)
+        captions = check_texts(texts, expected=count)
+        if count == 0:
+            return torch.empty(0, self.image_dim), torch.empty(0, self.text_dim)
+        return extractor.encode_images(images), extractor.encode_texts(captions)
+
+    def _clear_loaded_reference(self) -> None:
+        self._loaded_reference = moments.empty_moments(
+            self.image_dim + self.text_dim, device=self.reference_moments.device
+        )
+        self._loaded_count = 0
+
+    def _adopt_reference(
+        self, packed: Tensor, metadata: dict[str, Any], path: ReferencePath, check_feature_extractor: bool
+    ) -> None:
+        """Check loaded reference statistics against this metric, then add them (nothing changes on error)."""
+        where = repr(os.fspath(path))
+        dims = (metadata["image_dim"], metadata["text_dim"])
+        if dims != (self.image_dim, self.text_dim):
+            raise ValueError(
+                f"Reference statistics {where} have (image_dim, text_dim) = {dims}, but this metric has"
+                f" {(self.image_dim, self.text_dim)}; build the metric with the same feature extractor as the file."
+            )
+        theirs, ours = metadata["feature_extractor"], self.feature_extractor_name
+        if check_feature_extractor and theirs and ours and theirs != ours:
+            raise ValueError(
+                f"Reference statistics {where} were computed with the feature extractor {theirs!r}, but this metric"
+                f" uses {ours!r}; MID values from different extractors are not comparable. Pass"
+                " check_feature_extractor=False if both names denote the same model."
+            )
+        loaded = packed.to(device=self.reference_moments.device, dtype=torch.float64)
+        if self._loaded_count > 0:
+            loaded = moments.merge(torch.stack([self._loaded_reference, loaded]))
+        self._loaded_reference = loaded
+        self._loaded_count = int(loaded[0])
+        if not ours:
+            self.feature_extractor_name = theirs
+        self._computed = None
+        self._last_result = None
+
+    def load_reference(self, path: ReferencePath, check_feature_extractor: Optional[bool] = None) -> None:
+        """Load reference statistics saved by :meth:`save_reference`, onto the metric's device.
+
+        They act as if those pairs had been passed to ``update(..., real=True)``: they add to any reference pairs
+        already seen, and with ``reset_real_features=False`` they survive :meth:`reset`. Under DDP, load the file
+        on every rank; the loaded pairs are counted once (they are not part of the synced state).
+
+        Args:
+            path: A ``.safetensors`` file written by :meth:`save_reference`.
+            check_feature_extractor: Refuse a file whose feature extractor name differs from this metric's;
+                ``None`` uses the metric's ``check_feature_extractor`` setting.
+
+        Raises:
+            FileNotFoundError: If the file does not exist.
+            ValueError: If the file is corrupt, of the wrong kind or of a newer format, holds NaN, or its
+                dimensions or feature extractor do not match this metric.
+        """
+        from mid_metric.reference_io import load_reference_statistics
+
+        if check_feature_extractor is None:
+            check_feature_extractor = self.check_feature_extractor
+        packed, metadata = load_reference_statistics(path)
+        self._adopt_reference(packed, metadata, path, check_feature_extractor)
+
+    def save_reference(self, path: ReferencePath, feature_extractor: Optional[str] = None) -> Path:
+        """Save the reference statistics to a safetensors file (atomically), to score candidates against later.
+
+        The file holds the float64 count, mean and scatter of the reference pairs (about ``8 (Dx + Dy + 1)^2``
+        bytes: 19 MB for ViT-L/14) with the feature extractor's name, the dimensions, the sample count, ``eps``
+        and the library version. Load it with :meth:`from_reference` or the ``reference=`` argument.
+
+        Under DDP this syncs the reference across ranks, so call it on every rank; rank 0 writes the file.
+
+        Args:
+            path: Destination file, e.g. ``"coco-val2014-vit-l-14.safetensors"``.
+            feature_extractor: Name to record for the extractor of the features; defaults to the metric's
+                ``feature_extractor_name`` (the model's name in model mode, ``""`` when features were passed).
+
+        Returns:
+            The path written.
+
+        Raises:
+            ValueError: If there are no reference pairs yet.
+
+        Example:
+            >>> import os, tempfile
+            >>> x, y = torch.randn(100, 2), torch.randn(100, 2)
+            >>> mid = MutualInformationDivergence(feature=2)
+            >>> mid.update(x, y, real=True)
+            >>> path = mid.save_reference(os.path.join(tempfile.mkdtemp(), "ref.safetensors"), "toy-encoder")
+            >>> scorer = MutualInformationDivergence.from_reference(path)
+            >>> scorer.update(x[:10], y[:10], real=False)
+            >>> mid.update(x[:10], y[:10], real=False)
+            >>> torch.allclose(scorer.compute(), mid.compute(), rtol=0, atol=1e-12)
+            True
+        """
+        from mid_metric.reference_io import save_reference_statistics
+
+        if feature_extractor is None:
+            feature_extractor = self.feature_extractor_name
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=True, should_unsync=True):
+            packed = self._reference_statistics()
+            if int(packed[0]) == 0:
+                raise ValueError("There are no reference pairs to save: call `update(images, texts, real=True)` first.")
+            rank_zero = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or (
+                torch.distributed.get_rank() == 0
+            )
+            if rank_zero:
+                save_reference_statistics(
+                    path,
+                    packed,
+                    image_dim=self.image_dim,
+                    text_dim=self.text_dim,
+                    feature_extractor=feature_extractor,
+                    eps=self.eps,
+                )
+        return Path(os.fspath(path))
+
+    @classmethod
+    def from_reference(
+        cls, path: ReferencePath, feature: Optional[FeatureSpec] = None, **kwargs: Any
+    ) -> MutualInformationDivergence:
+        """Build a metric whose reference is loaded from a file written by :meth:`save_reference`.
+
+        Args:
+            path: The reference statistics file.
+            feature: ``None`` to take the dimensions from the file (pass features to the metric), or any value
+                the constructor accepts, such as the model the file was built with, to pass raw images and captions.
+            kwargs: Other constructor arguments. ``eps`` defaults to the value recorded in the file, and
+                ``check_feature_extractor=False`` accepts a file whose extractor name differs from the model's.
+                Pass ``reset_real_features=False`` to keep the reference across :meth:`reset`.
+
+        Returns:
+            The metric, with the reference loaded onto its device.
+
+        Raises:
+            FileNotFoundError: If the file does not exist.
+            ValueError: If the file is invalid or does not match ``feature`` (see :meth:`load_reference`).
+        """
+        from mid_metric.reference_io import load_reference_statistics
+
+        if "reference" in kwargs:
+            raise TypeError("from_reference() takes the reference file as `path`; do not pass `reference=` too.")
+        packed, metadata = load_reference_statistics(path)
+        if feature is None:
+            feature = (metadata["image_dim"], metadata["text_dim"])
+        kwargs.setdefault("eps", metadata["eps"])
+        metric = cls(feature=feature, **kwargs)
+        metric._adopt_reference(packed, metadata, path, metric.check_feature_extractor)
+        return metric
+
+    def state_dict(  # type: ignore[override]
+        self, destination: Optional[dict[str, Any]] = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        """Return the metric states; the feature extractor's weights are left out (they come from the model).
+
+        Statistics loaded from a reference file are included as ``loaded_reference_moments`` when there are any.
+        """
+        destination = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [key for key in destination if key.startswith(prefix + _EXTRACTOR_PREFIX)]:
+            del destination[key]
+        if self._loaded_count > 0:
+            destination[prefix + _LOADED_REFERENCE_KEY] = self._loaded_reference.detach().clone()
+        return destination
 
     def set_dtype(self, dst_type: Union[str, torch.dtype]) -> MutualInformationDivergence:
         """Keep the float64 statistics: MID's log-determinants need them, so the states ignore dtype requests."""

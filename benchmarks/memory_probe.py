@@ -1,0 +1,112 @@
+"""Peak memory of one MID run, measured in this (fresh) process; run it as a subprocess.
+
+    python benchmarks/memory_probe.py --impl ours --n 100000 --dim 768
+
+It imports everything, then resets the peak resident set size (``/proc/self/clear_refs``; where that is not
+available it subtracts the current RSS), feeds ``n`` reference pairs and ``n`` candidate pairs in batches and
+calls ``compute()``. It prints one JSON line: ``{"impl", "n", "dim", "growth_bytes", "seconds", "mid"}``, where
+``growth_bytes`` is the peak RSS after the imports minus the RSS after the imports.
+
+The input batches come from a small pool made before the measurement starts (the same for both implementations),
+so the figure is the memory the metric itself needs. The store-all baseline stores a copy of each batch, as it
+would store fresh encoder outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from baseline import StoreAllMID  # noqa: E402
+
+from mid_metric import MutualInformationDivergence  # noqa: E402
+
+POOL = 8
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _pool(dim: int, batch: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    direction = torch.randn(dim, generator=generator)
+    batches = []
+    for _ in range(POOL):
+        triple = []
+        for _ in range(3):
+            features = direction / dim**0.5 + 0.03 * torch.randn(batch, dim, generator=generator)
+            triple.append(torch.nn.functional.normalize(features, dim=1))
+        batches.append((triple[0], triple[1], triple[2]))
+    return batches
+
+
+def probe(impl: str, n: int, dim: int, batch: int) -> dict:
+    pool = _pool(dim, batch)
+    torch.manual_seed(0)
+    _ = torch.zeros(1).sum()  # warm the allocator and the thread pool before the baseline is read
+    rss_before = _status_kib("VmRSS")
+    cleared = _reset_peak()
+    start = time.perf_counter()
+    if impl == "ours":
+        metric = MutualInformationDivergence(feature=dim)
+        for index, offset in enumerate(range(0, n, batch)):
+            images, texts, generated = pool[index % POOL]
+            size = min(batch, n - offset)
+            metric.update(images[:size], texts[:size], real=True)
+            metric.update(generated[:size], texts[:size], real=False)
+        mid = float(metric.compute())
+    elif impl == "baseline":
+        store = StoreAllMID()
+        for index, offset in enumerate(range(0, n, batch)):
+            images, texts, generated = pool[index % POOL]
+            size = min(batch, n - offset)
+            store.update(images[:size].clone(), texts[:size].clone(), generated[:size].clone())
+        mid = float(store.compute())
+    else:
+        raise ValueError(f"unknown implementation {impl!r}")
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM") if cleared else max(_status_kib("VmHWM"), rss_before)
+    return {
+        "impl": impl,
+        "n": n,
+        "dim": dim,
+        "growth_bytes": (peak - rss_before) * 1024,
+        "seconds": seconds,
+        "mid": mid,
+        "peak_reset": cleared,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--impl", choices=("ours", "baseline"), required=True)
+    parser.add_argument("--n", type=int, required=True, help="reference pairs, and as many candidate pairs")
+    parser.add_argument("--dim", type=int, default=768, help="feature size per modality")
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args()
+    print(json.dumps(probe(args.impl, args.n, args.dim, args.batch)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,634 @@
+"""The ``mid-metric`` command line (also ``python -m mid_metric``).
+
+Subcommands:
+
+- ``mid-metric demo [--plot out.png]``: MID on a Gaussian model whose answer is known in closed form;
+- ``mid-metric reference PAIRS -o ref.safetensors --model MODEL``: build reference statistics once from real
+  (image, caption) pairs;
+- ``mid-metric score PAIRS --reference ref.safetensors`` (or ``--reference-pairs REAL_PAIRS --model MODEL``):
+  print MID of candidate pairs, with ``--per-sample out.csv`` and ``--json``.
+
+PAIRS is a CSV/TSV/JSONL file with an image path column and a caption column (see :mod:`mid_metric.pairs`), or a
+``.safetensors``/``.npz`` file of precomputed ``image_features`` and ``text_features``. Bad input ends the command
+with one line on stderr and exit status 1 (2 for a command-line usage error), and no output file is left behind:
+every file is written to a temporary name and moved into place only when complete.
+
+Only the CLIP path imports transformers, so ``mid-metric demo`` and precomputed features never do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from mid_metric._version import __version__
+from mid_metric.pairs import (
+    FeaturePairs,
+    PairsError,
+    PairsTable,
+    atomic_output,
+    is_features_file,
+    load_image,
+    read_features,
+    read_pairs,
+)
+
+__all__ = ["main", "build_parser", "CommandError"]
+
+PROG = "mid-metric"
+#: Exit status for bad input (missing files, bad rows, incompatible reference, too few pairs, ...).
+EXIT_BAD_INPUT = 1
+#: Exit status when interrupted with Ctrl-C.
+EXIT_INTERRUPTED = 130
+#: Name recorded for the feature extractor when the features were computed elsewhere and no --model is given.
+PRECOMPUTED = "precomputed"
+
+
+class CommandError(Exception):
+    """A problem with the user's input, reported as one line on stderr with a non-zero exit status."""
+
+
+# ------------------------------------------------------------------------------------------ argument parsing
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _eps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the descriptions' line breaks and show defaults."""
+
+
+_PAIRS_HELP = (
+    "PAIRS is a CSV (.csv, .tsv) or JSON Lines (.jsonl) file with one (image, caption) pair per row: an image path"
+    " column and a caption column (see --image-column, --caption-column); image paths are relative to the file."
+    " It may instead be a .safetensors or .npz file holding 2-D arrays 'image_features' and 'text_features'"
+    " (one row per pair, e.g. L2-normalised CLIP features computed elsewhere), which needs no model."
+)
+
+
+def _add_common_options(parser: argparse.ArgumentParser, model_help: str) -> None:
+    group = parser.add_argument_group("features")
+    group.add_argument("--model", metavar="MODEL", help=model_help)
+    group.add_argument("--image-column", default="image", metavar="NAME", help="column of PAIRS with the image path")
+    group.add_argument("--caption-column", default="caption", metavar="NAME", help="column of PAIRS with the caption")
+    group.add_argument(
+        "--device",
+        default=_default_device(),
+        help="device the CLIP model runs on (default: cuda when available, else cpu)",
+    )
+    group.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="images or captions encoded at once"
+    )
+    group.add_argument(
+        "--num-workers",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="worker processes that read and decode images (0: the main process)",
+    )
+    group.add_argument(
+        "--eps",
+        type=_eps,
+        default=None,
+        help="added to the diagonal of every covariance (default: the eps recorded in --reference, else 0). 0"
+        " reproduces the paper, which hints at 5e-4 for fewer than 30,000 reference pairs; with 0, more than"
+        " image_dim + text_dim reference pairs are needed",
+    )
+    group.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar and no messages on stderr (errors still show)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``mid-metric`` with its three subcommands.
+
+    Example:
+        >>> args = build_parser().parse_args(["score", "gen.csv", "--reference", "ref.safetensors", "--json"])
+        >>> args.command, args.reference, args.json, args.eps  # eps None: the reference file's, else 0
+        ('score', 'ref.safetensors', True, None)
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Mutual Information Divergence (MID, Kim et al., NeurIPS 2022) for text-to-image and captioning models.\n\n"
+            "Reference pairs (real images and their captions, as CLIP features) define a joint Gaussian; MID is the\n"
+            "mean pointwise mutual information of the candidate pairs under it. Higher is better: candidates whose\n"
+            "images and captions match as well as the real ones score about the reference's mutual information."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mid-metric demo --plot demo.png\n"
+            "  mid-metric reference coco_val.csv -o coco_ref.safetensors --model openai/clip-vit-large-patch14\n"
+            "  mid-metric score generator_a.csv --reference coco_ref.safetensors --per-sample a.csv --json\n"
+            "  mid-metric score captions.csv --reference-pairs captions.csv --generated-caption-column generated \\\n"
+            "      --model openai/clip-vit-large-patch14\n\n"
+            "Run 'mid-metric COMMAND --help' for the options of each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="show what MID measures on a Gaussian model with a known answer (no network, no model weights)",
+        formatter_class=_Formatter,
+        description=(
+            "Draw reference pairs from a Gaussian image/text model whose mutual information is known in closed form,\n"
+            "score candidate sets from aligned, through partly shuffled captions, to fully shuffled ones, and print\n"
+            "the estimated MID next to the analytic value of each set. Needs no network and no model weights."
+        ),
+    )
+    demo.add_argument("--plot", metavar="OUT.png", help="also draw the table as a figure (needs matplotlib)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed; the demo is deterministic for a given seed")
+
+    reference = commands.add_parser(
+        "reference",
+        help="build a reference statistics file from real (image, caption) pairs",
+        formatter_class=_Formatter,
+        description=(
+            "Encode real (image, caption) pairs with a CLIP model and write their Gaussian statistics (count, mean\n"
+            "and scatter in float64, with the model name and feature sizes) to a .safetensors file. Build it once,\n"
+            "then score any number of candidate sets against it with 'mid-metric score --reference'.\n\n" + _PAIRS_HELP
+        ),
+    )
+    reference.add_argument("pairs", metavar="PAIRS", help="real (image, caption) pairs, or a features file")
+    reference.add_argument(
+        "-o", "--output", required=True, metavar="REF.safetensors", help="reference statistics file to write"
+    )
+    _add_common_options(
+        reference,
+        "Hugging Face CLIP model id or local model folder that encodes the pairs (e.g."
+        " openai/clip-vit-large-patch14); needed unless PAIRS is a features file, where it only names the model in"
+        " the output",
+    )
+
+    score = commands.add_parser(
+        "score",
+        help="print MID of candidate pairs against a reference",
+        formatter_class=_Formatter,
+        description=(
+            "Print MID of the candidate pairs in PAIRS against a reference: a statistics file from 'mid-metric\n"
+            "reference' (--reference) or real pairs encoded on the fly (--reference-pairs with --model).\n\n"
+            "Text-to-image: PAIRS holds the generated images with the prompts they were generated from.\n"
+            "Captioning: PAIRS holds the images with the generated captions (--generated-caption-column).\n\n"
+            + _PAIRS_HELP
+        ),
+    )
+    score.add_argument("pairs", metavar="PAIRS", help="candidate (image, caption) pairs, or a features file")
+    source = score.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reference", metavar="REF.safetensors", help="reference statistics file")
+    source.add_argument(
+        "--reference-pairs", metavar="REAL_PAIRS", help="real (image, caption) pairs, or a features file"
+    )
+    score.add_argument(
+        "--generated-caption-column",
+        metavar="NAME",
+        help="captioning: take the candidates' captions from this column of PAIRS instead of --caption-column",
+    )
+    score.add_argument(
+        "--per-sample",
+        metavar="OUT.csv",
+        help="write one row per candidate: row, image, caption and its pointwise mutual information (pmi)",
+    )
+    score.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object (MID, its terms, counts, model, version, and a confidence interval when the"
+        " metric computes one) instead of text",
+    )
+    _add_common_options(
+        score,
+        "Hugging Face CLIP model id or local model folder that encodes images and captions; defaults to the"
+        " model recorded in --reference",
+    )
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- messages
+class _Console:
+    """Messages and progress on stderr, silenced by --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            print(message, file=sys.stderr)
+
+    def quiet_transformers(self) -> None:
+        """Hide transformers' own progress bars unless ours show, and its warnings under --quiet."""
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:  # load_clip reports the missing package
+            return
+        if self.quiet or not sys.stderr.isatty():
+            hf_logging.disable_progress_bar()
+        if self.quiet:
+            hf_logging.set_verbosity_error()
+
+    def progress(self, total: int, description: str) -> Any:
+        """Return a tqdm bar on stderr, or a no-op when quiet, when stderr is not a TTY, or without tqdm."""
+        enabled = not self.quiet and sys.stderr.isatty()
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover - tqdm comes with the [clip] extra
+                enabled = False
+        if not enabled:
+            return _NoProgress()
+        return tqdm(total=total, desc=description, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+class _NoProgress:
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ feature sources
+@dataclass
+class _Features:
+    """Encoded (or precomputed) pairs with what is needed to report them."""
+
+    images: Tensor
+    texts: Tensor
+    source: Path
+    table: Optional[PairsTable] = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decodes the images of a pairs table; errors are returned, not raised, so workers report them cleanly."""
+
+    def __init__(self, table: PairsTable) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Any, Optional[str]]:
+        try:
+            return load_image(self.table.pairs[index], self.table.source), None
+        except PairsError as err:
+            return None, str(err)
+
+
+def _collate(batch: list[tuple[Any, Optional[str]]]) -> list[tuple[Any, Optional[str]]]:
+    return batch
+
+
+def _read_source(path: str, args: argparse.Namespace, caption_column: str, caption_option: str) -> Any:
+    if is_features_file(path):
+        return read_features(path)
+    return read_pairs(path, args.image_column, caption_column, caption_option=caption_option)
+
+
+def _check_images_exist(table: PairsTable) -> None:
+    for pair in table.pairs:
+        if not pair.image_path.is_file():
+            raise PairsError(f"{table.source}, row {pair.row}: image {str(pair.image_path)!r} does not exist.")
+
+
+def _encode(table: PairsTable, extractor: Any, args: argparse.Namespace, console: _Console) -> _Features:
+    """Encode the images (through a DataLoader, with a progress bar) and the captions of a pairs table."""
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(table),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=_collate,
+        shuffle=False,
+    )
+    image_chunks = []
+    bar = console.progress(len(table), f"Encoding images of {table.source.name}")
+    try:
+        for batch in loader:
+            errors = [error for _, error in batch if error is not None]
+            if errors:
+                raise PairsError(errors[0])
+            image_chunks.append(extractor.encode_images([image for image, _ in batch]).float().cpu())
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    captions = [pair.caption for pair in table.pairs]
+    text_chunks = [
+        extractor.encode_texts(captions[start : start + args.batch_size]).float().cpu()
+        for start in range(0, len(captions), args.batch_size)
+    ]
+    return _Features(torch.cat(image_chunks), torch.cat(text_chunks), table.source, table)
+
+
+class _Session:
+    """Loads the feature extractor once, on demand, and turns PAIRS files into features."""
+
+    def __init__(self, args: argparse.Namespace, console: _Console, model: Optional[str]) -> None:
+        self.args = args
+        self.console = console
+        self.model = model
+        self._extractor: Any = None
+
+    def extractor(self, needed_for: Path) -> Any:
+        if self._extractor is None:
+            if not self.model:
+                raise CommandError(
+                    f"{needed_for} holds image paths and captions, so a CLIP model is needed to encode them: pass"
+                    " --model (a Hugging Face model id such as openai/clip-vit-large-patch14, or a local model folder)."
+                )
+            from mid_metric.features import load_clip
+
+            self.console.quiet_transformers()
+            self.console.info(f"Loading {self.model} on {self.args.device} ...")
+            self._extractor = load_clip(self.model, device=self.args.device, batch_size=self.args.batch_size)
+        return self._extractor
+
+    def features(self, source: Any) -> _Features:
+        if isinstance(source, FeaturePairs):
+            return _Features(source.image_features, source.text_features, source.source)
+        _check_images_exist(source)  # fail before loading the model and encoding anything
+        extractor = self.extractor(source.source)
+        return _encode(source, extractor, self.args, self.console)
+
+
+def _check_reference_count(count: int, image_dim: int, text_dim: int, eps: float, what: str) -> None:
+    dim = image_dim + text_dim
+    if count < 2:
+        raise CommandError(f"{what} holds {count} pair(s); MID needs at least 2 (and more than {dim} with --eps 0).")
+    if eps == 0.0 and count <= dim:
+        raise CommandError(
+            f"{what} holds {count} pairs, too few for a full-rank covariance: with image_dim + text_dim = {dim}, at"
+            f" least {dim + 1} reference pairs are needed. Add pairs, or pass --eps (e.g. --eps 5e-4) to regularise"
+            " the covariances."
+        )
+
+
+# -------------------------------------------------------------------------------------- reference files
+def _save_reference(path: str, metric: Any, model: Optional[str]) -> None:
+    """Write the metric's reference statistics (atomically: a temporary file, then a rename)."""
+    metric.save_reference(path, feature_extractor=model or "")
+
+
+def _load_reference(path: str, eps: Optional[float]) -> tuple[Any, dict[str, Any]]:
+    """Return a metric holding the reference of ``path``, and the file's metadata."""
+    from mid_metric.metric import MutualInformationDivergence
+    from mid_metric.reference_io import load_reference_statistics
+
+    if not Path(path).is_file():
+        raise CommandError(f"Reference file {path!r} does not exist.")
+    _, metadata = load_reference_statistics(path)  # checks the file before anything else is done
+    options: dict[str, Any] = {"check_feature_extractor": False}  # the CLI compares model names itself
+    if eps is not None:
+        options["eps"] = eps
+    return MutualInformationDivergence.from_reference(path, **options), metadata
+
+
+# --------------------------------------------------------------------------------------------- commands
+def _new_metric(image_dim: int, text_dim: int, eps: float) -> Any:
+    from mid_metric.metric import MutualInformationDivergence
+
+    return MutualInformationDivergence(feature=(image_dim, text_dim), eps=eps)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from mid_metric import demo
+
+    plot = Path(args.plot) if args.plot else None
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CommandError("--plot needs matplotlib: pip install 'mid-metric[plot]'.") from None
+        if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
+            raise CommandError(f"Cannot write {str(plot)!r}: folder {str(plot.parent)!r} does not exist.")
+    return demo.main(seed=args.seed, plot=plot)
+
+
+def _check_output_folder(path: str) -> None:
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise CommandError(f"Cannot write {path!r}: folder {str(folder)!r} does not exist.")
+
+
+def _run_reference(args: argparse.Namespace) -> int:
+    console = _Console(args.quiet)
+    eps = 0.0 if args.eps is None else args.eps
+    source = _read_source(args.pairs, args, args.caption_column, "--caption-column")
+    _check_output_folder(args.output)
+    session = _Session(args, console, args.model)
+    if not isinstance(source, FeaturePairs):
+        session.extractor(source.source)  # a missing --model is reported before anything is encoded
+    features = session.features(source)
+    image_dim, text_dim = features.images.shape[1], features.texts.shape[1]
+    _check_reference_count(len(features), image_dim, text_dim, eps, str(features.source))
+    metric = _new_metric(image_dim, text_dim, eps)
+    metric.update(features.images, features.texts, real=True)
+    from mid_metric.functional import reference_from_moments
+
+    reference_from_moments(metric.reference_moments, image_dim, eps)  # fails now on a singular covariance
+    _save_reference(args.output, metric, args.model)
+    console.info(
+        f"Wrote {args.output}: {len(features)} reference pairs, image_dim {image_dim}, text_dim {text_dim},"
+        f" model {args.model or PRECOMPUTED}, eps {eps:g}."
+    )
+    return 0
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.item()
+    return value
+
+
+def _result_fields(result: Any) -> dict[str, Any]:
+    """All fields of a MIDResult as JSON-ready scalars (new fields such as a confidence interval included)."""
+    if dataclasses.is_dataclass(result):
+        return {field.name: _scalar(getattr(result, field.name)) for field in dataclasses.fields(result)}
+    return {name: _scalar(getattr(result, name)) for name in ("mid", "mutual_information", "distance")}
+
+
+def _write_per_sample(path: str, candidates: _Features, pmi: Tensor) -> None:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["row", "image", "caption", "pmi"])
+        values = pmi.tolist()
+        if candidates.table is not None:
+            for pair, value in zip(candidates.table.pairs, values):
+                writer.writerow([pair.row, pair.image, pair.caption, repr(value)])
+        else:
+            for row, value in enumerate(values, start=1):
+                writer.writerow([row, "", "", repr(value)])
+
+
+def _format_text(report: dict[str, Any]) -> str:
+    lines = [f"MID: {report['mid']:.6f}  (higher is better)"]
+    lines.append(f"  mutual information of the reference I(X;Y): {report['mutual_information']:.6f}")
+    lines.append(f"  distance term:                              {report['distance']:+.6f}")
+    if report.get("ci_low") is not None and report.get("ci_high") is not None:
+        level = report.get("ci_level")
+        label = f"{level:.0%} confidence interval" if level else "confidence interval"
+        lines.append(f"  {label}: [{report['ci_low']:.6f}, {report['ci_high']:.6f}]")
+    elif report.get("standard_error") is not None:
+        lines.append(f"  standard error: {report['standard_error']:.6f}")
+    lines.append(
+        f"  {report['num_candidates']} candidate pairs, {report['num_reference']} reference pairs;"
+        f" model {report['model'] or '(precomputed features)'}; eps {report['eps']:g}"
+    )
+    return "\n".join(lines)
+
+
+def _same_model(requested: str, recorded: str) -> bool:
+    """Whether two model names agree: equal strings, or two spellings of the same local folder."""
+    if requested == recorded:
+        return True
+    first, second = Path(requested).expanduser(), Path(recorded).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    console = _Console(args.quiet)
+    caption_column = args.generated_caption_column or args.caption_column
+    caption_option = "--generated-caption-column" if args.generated_caption_column else "--caption-column"
+    candidates_source = _read_source(args.pairs, args, caption_column, caption_option)
+    if args.per_sample:  # fail before any work when the output folder is missing
+        _check_output_folder(args.per_sample)
+
+    if args.reference is not None:
+        metric, metadata = _load_reference(args.reference, args.eps)
+        image_dim, text_dim, eps = metric.image_dim, metric.text_dim, metric.eps
+        reference_model = metadata["feature_extractor"]
+        if args.model and reference_model and not _same_model(args.model, reference_model):
+            raise CommandError(
+                f"{args.reference} was built with model {reference_model!r}, but --model is {args.model!r}; MID"
+                " values from different models are not comparable. Build a reference with this model, or drop --model."
+            )
+        model = args.model or reference_model or None
+        _check_reference_count(metadata["num_samples"], image_dim, text_dim, eps, str(args.reference))
+        session = _Session(args, console, model)
+        reference_label = args.reference
+    else:
+        eps = 0.0 if args.eps is None else args.eps
+        reference_source = _read_source(args.reference_pairs, args, args.caption_column, "--caption-column")
+        model = args.model
+        session = _Session(args, console, model)
+        for source in (reference_source, candidates_source):
+            if not isinstance(source, FeaturePairs):
+                session.extractor(source.source)  # report a missing --model before encoding anything
+        reference = session.features(reference_source)
+        image_dim, text_dim = reference.images.shape[1], reference.texts.shape[1]
+        _check_reference_count(len(reference), image_dim, text_dim, eps, str(reference.source))
+        metric = _new_metric(image_dim, text_dim, eps)
+        metric.update(reference.images, reference.texts, real=True)
+        reference_label = args.reference_pairs
+
+    if not isinstance(candidates_source, FeaturePairs):
+        extractor = session.extractor(candidates_source.source)
+        if (extractor.image_dim, extractor.text_dim) != (image_dim, text_dim):
+            raise CommandError(
+                f"Model {session.model!r} gives features of sizes (image_dim, text_dim) = ({extractor.image_dim},"
+                f" {extractor.text_dim}), but the reference {reference_label} has ({image_dim}, {text_dim})."
+            )
+    candidates = session.features(candidates_source)
+    got = (int(candidates.images.shape[1]), int(candidates.texts.shape[1]))
+    if got != (image_dim, text_dim):
+        raise CommandError(
+            f"{candidates.source} has features of sizes (image_dim, text_dim) = {got}, but the reference"
+            f" {reference_label} has ({image_dim}, {text_dim}); both must come from the same model."
+        )
+    if len(candidates) < 2:
+        raise CommandError(f"{candidates.source} holds {len(candidates)} pair; MID needs at least 2 candidate pairs.")
+    metric.update(candidates.images, candidates.texts, real=False)
+    result = metric.compute_result()
+
+    report: dict[str, Any] = _result_fields(result)
+    report.update(
+        {
+            "model": session.model or None,
+            "image_dim": image_dim,
+            "text_dim": text_dim,
+            "eps": eps,
+            "candidates": str(args.pairs),
+            "reference": str(reference_label),
+            "version": __version__,
+        }
+    )
+    if args.per_sample:
+        pmi = metric.pmi(candidates.images, candidates.texts)
+        _write_per_sample(args.per_sample, candidates, pmi)
+        console.info(f"Wrote {args.per_sample}: the PMI of each of the {len(candidates)} candidate pairs.")
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_format_text(report))
+    return 0
+
+
+_COMMANDS = {"demo": _run_demo, "reference": _run_reference, "score": _run_score}
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``mid-metric`` with ``argv`` (``sys.argv[1:]`` when ``None``) and return the exit status.
+
+    Bad input (missing or unreadable files, missing columns, corrupt images, empty captions, an incompatible
+    reference, too few pairs) prints one line ``mid-metric: error: ...`` on stderr and returns 1; argument errors
+    exit with status 2.
+
+    Example:
+        >>> main(["score", "missing.csv", "--reference", "ref.safetensors", "--quiet"])
+        1
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CommandError, ValueError, OSError, ImportError, RuntimeError) as error:
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -1,0 +1,530 @@
+"""The ``mid-metric`` command line, run as the real console script through subprocess, offline.
+
+Expected values come from independent computations: the closed-form MID of the Gaussian demo, and the functional
+API (``mid_metric.functional``) on features that the test computes itself from the same images and captions. Bad
+input is checked for its exit status, its one-line message, and for leaving no output file behind; those checks
+call ``cli.main`` in-process (the same code the console script runs), except two that go through the real script.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from clip_fixtures import TINY_PROJECTION_DIM, build_tiny_clip
+from safetensors.torch import save_file
+
+import mid_metric
+from mid_metric import cli
+from mid_metric.functional import mutual_information, mutual_information_divergence, pointwise_mutual_information
+
+pytest.importorskip("PIL")
+pytest.importorskip("transformers")
+from PIL import Image  # noqa: E402
+
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONIOENCODING="utf-8")
+EPS = 1e-3
+NUM_PAIRS = 40
+NUM_CANDIDATES = 12
+
+
+def script() -> list[str]:
+    """The installed console script, or ``python -m mid_metric`` when the package is not installed."""
+    found = shutil.which("mid-metric")
+    return [found] if found else [sys.executable, "-m", "mid_metric"]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*script(), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def random_png(path: Path, rng: np.random.Generator, index: int) -> None:
+    size = (20 + index % 7, 18 + index % 5)
+    base = rng.integers(0, 256, size=3)
+    noise = rng.integers(-60, 60, size=(size[1], size[0], 3))
+    Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    """A tiny CLIP model, real pairs (CSV), candidate pairs in another folder (JSONL, other column names)."""
+    root = tmp_path_factory.mktemp("cli")
+    model = build_tiny_clip(root / "tiny-clip")
+    rng = np.random.default_rng(0)
+    (root / "real" / "images").mkdir(parents=True)
+    real_rows = []
+    for i in range(NUM_PAIRS):
+        random_png(root / "real" / "images" / f"{i}.png", rng, i)
+        real_rows.append({"image": f"images/{i}.png", "caption": f"a {i % 9} thing {i}", "generated": f"gen {i % 5}"})
+    write_csv(root / "real" / "pairs.csv", real_rows, ["image", "caption", "generated"])
+    (root / "gen" / "img").mkdir(parents=True)
+    cand_rows = []
+    for i in range(NUM_CANDIDATES):
+        random_png(root / "gen" / "img" / f"g{i}.png", rng, i + 3)
+        cand_rows.append({"file": f"img/g{i}.png", "prompt": real_rows[i]["caption"]})
+    with open(root / "gen" / "cands.jsonl", "w", encoding="utf-8") as handle:
+        for row in cand_rows:
+            handle.write(json.dumps(row) + "\n")
+    return {"root": root, "model": model, "real_rows": real_rows, "cand_rows": cand_rows}
+
+
+@pytest.fixture(scope="module")
+def extractor(work):
+    from mid_metric.features import load_clip
+
+    return load_clip(str(work["model"]), device="cpu")
+
+
+def encode(extractor, folder: Path, images: list[str], captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Independent features: PIL-decoded images and the captions, encoded in one batch each."""
+    pictures = [Image.open(folder / name).convert("RGB") for name in images]
+    return extractor.encode_images(pictures).double(), extractor.encode_texts(captions).double()
+
+
+def close(a: float, b: float, tol: float = 1e-4) -> bool:
+    return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+# ------------------------------------------------------------------------------------------------ demo
+DEMO_WRAPPER = """
+import runpy, sys
+sys.argv = ["mid-metric", *sys.argv[1:]]
+try:
+    runpy.run_module("mid_metric", run_name="__main__", alter_sys=True)
+    status = 0
+except SystemExit as exit:
+    status = exit.code
+# torchmetrics itself imports the `transformers` package shell when it is installed; CLIP and our feature
+# model code must stay unloaded.
+heavy = sorted(m for m in sys.modules if m.startswith(("transformers.models.clip", "transformers.modeling_utils")))
+print("HEAVY_MODULES=" + ",".join(heavy), file=sys.stderr)
+sys.exit(status)
+"""
+
+
+def test_demo_prints_mid_next_to_the_analytic_value_and_plots(tmp_path):
+    # `python -m mid_metric demo`, with a check that no CLIP model code was imported.
+    plot = tmp_path / "demo.png"
+    proc = subprocess.run(
+        [sys.executable, "-c", DEMO_WRAPPER, "demo", "--plot", str(plot)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY_MODULES=\n" in proc.stderr + "\n", proc.stderr
+
+    # Independent closed form: d = 8 coordinate pairs with rho = 0.6; shuffling a fraction f of the captions
+    # scales the cross-correlation by (1 - f), so MID(f) = I - f * d * rho^2 / (1 - rho^2).
+    true_mi = -4.0 * math.log(1 - 0.36)
+    assert f"{true_mi:.4f}" in proc.stdout
+    rows = re.findall(r"^\s+([a-z ]+?)\s+(\d+)%\s+(-?\d+\.\d+)\s+(\d+\.\d+)\s+(-?\d+\.\d+)", proc.stdout, re.M)
+    assert [float(r[1]) / 100 for r in rows] == [0.0, 0.25, 0.5, 0.75, 1.0], proc.stdout
+    for label, percent, mid, standard_error, analytic in rows:
+        expected = true_mi - float(percent) / 100 * 8 * 0.36 / 0.64
+        assert float(analytic) == pytest.approx(expected, abs=1e-4), label
+        assert abs(float(mid) - expected) < max(0.08, 5 * float(standard_error)), label
+    aligned, shuffled = float(rows[0][2]), float(rows[-1][2])
+    assert abs(aligned - true_mi) < 0.05  # aligned candidates score about the true MI ...
+    assert shuffled < true_mi - 4.0  # ... and shuffled ones far below it
+    assert "What MID measures" in proc.stdout
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and image.size[0] > 200
+
+
+def test_help_of_the_command_and_of_each_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for word in ("usage: mid-metric", "demo", "reference", "score", "--version", "examples:", "higher is better"):
+        assert word in text.replace("Higher is better", "higher is better")
+    expected = {
+        "demo": ["--plot", "--seed", "analytic"],
+        "reference": ["PAIRS", "--output", "--model", "--device", "--batch-size", "--num-workers", "--eps", "--quiet"],
+        "score": [
+            "--reference",
+            "--reference-pairs",
+            "--per-sample",
+            "--json",
+            "--generated-caption-column",
+            "--image-column",
+            "--caption-column",
+            "image_features",
+            "cuda",
+        ],
+    }
+    for command, words in expected.items():
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())
+        for word in words:
+            assert word in text, (command, word)
+
+
+# ------------------------------------------------------------------------------------------ CLIP path
+def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_path):
+    root, model = work["root"], str(work["model"])
+    ref = tmp_path / "ref.safetensors"
+    proc = run(
+        "reference",
+        "real/pairs.csv",
+        "-o",
+        str(ref),
+        "--model",
+        model,
+        "--eps",
+        str(EPS),
+        "--batch-size",
+        "7",
+        "-q",
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and proc.stdout == ""  # --quiet
+
+    real = work["real_rows"]
+    x, y = encode(extractor, root / "real", [r["image"] for r in real], [r["caption"] for r in real])
+
+    from mid_metric.reference_io import load_reference_statistics
+
+    packed, meta = load_reference_statistics(ref)
+    assert meta["feature_extractor"] == model
+    assert (meta["image_dim"], meta["text_dim"], meta["num_samples"]) == (TINY_PROJECTION_DIM,) * 2 + (NUM_PAIRS,)
+    assert meta["eps"] == EPS
+
+    per_sample = tmp_path / "per_sample.csv"
+    proc = run(
+        "score",
+        "gen/cands.jsonl",
+        "--reference",
+        str(ref),
+        "--image-column",
+        "file",
+        "--caption-column",
+        "prompt",
+        "--json",
+        "--per-sample",
+        str(per_sample),
+        "--num-workers",
+        "1",
+        "--batch-size",
+        "5",
+        "--device",
+        "cpu",
+        "--quiet",
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+
+    cands = work["cand_rows"]
+    xc, yc = encode(extractor, root / "gen", [r["file"] for r in cands], [r["prompt"] for r in cands])
+    expected_mid = mutual_information_divergence(x, y, xc, yc, eps=EPS).item()
+    assert close(report["mid"], expected_mid)
+    assert close(report["mutual_information"], mutual_information(x, y, eps=EPS).item())
+    assert close(report["distance"], expected_mid - report["mutual_information"])
+    assert report["num_reference"] == NUM_PAIRS and report["num_candidates"] == NUM_CANDIDATES
+    assert report["model"] == model and report["version"] == mid_metric.__version__
+    assert report["eps"] == EPS  # taken from the reference file
+    assert (report["image_dim"], report["text_dim"]) == (TINY_PROJECTION_DIM, TINY_PROJECTION_DIM)
+
+    with open(per_sample, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["image"] for r in rows] == [c["file"] for c in cands]
+    assert [r["caption"] for r in rows] == [c["prompt"] for c in cands]
+    assert [int(r["row"]) for r in rows] == list(range(1, NUM_CANDIDATES + 1))
+    expected_pmi = pointwise_mutual_information(x, y, xc, yc, eps=EPS)
+    for row, value in zip(rows, expected_pmi.tolist()):
+        assert close(float(row["pmi"]), value)
+
+
+def test_captioning_with_reference_pairs_and_generated_captions(work, extractor, tmp_path):
+    root, model = work["root"], str(work["model"])
+    proc = run(
+        "score",
+        "real/pairs.csv",
+        "--reference-pairs",
+        "real/pairs.csv",
+        "--generated-caption-column",
+        "generated",
+        "--model",
+        model,
+        "--eps",
+        str(EPS),
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr
+    real = work["real_rows"]
+    x, y = encode(extractor, root / "real", [r["image"] for r in real], [r["caption"] for r in real])
+    _, y_gen = encode(extractor, root / "real", [], [r["generated"] for r in real])
+    expected_mid = mutual_information_divergence(x, y, x, y_gen, eps=EPS).item()
+    # The text output: MID to 6 decimals, what it means, the counts and the model; messages go to stderr.
+    shown = re.search(r"^MID: (-?\d+\.\d+)", proc.stdout, re.M)
+    assert shown and abs(float(shown.group(1)) - expected_mid) < 2e-6 * max(1.0, abs(expected_mid)), proc.stdout
+    assert "higher is better" in proc.stdout and f"{NUM_PAIRS} candidate pairs" in proc.stdout
+    assert model in proc.stdout and "Loading" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------- precomputed features
+def test_precomputed_features_npz_and_safetensors(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 3, generator=gen)
+    y = 0.7 * x + 0.5 * torch.randn(60, 4, generator=gen)[:, :3]
+    y = torch.cat([y, torch.randn(60, 1, generator=gen)], dim=1)  # Dy = 4 != Dx
+    xc = torch.randn(25, 3, generator=gen)
+    yc = torch.cat([0.3 * xc, torch.randn(25, 1, generator=gen)], dim=1) + 0.2 * torch.randn(25, 4, generator=gen)
+    np.savez(tmp_path / "real.npz", image_features=x.numpy(), text_features=y.numpy())
+    save_file({"image_features": xc.half(), "text_features": yc.half()}, str(tmp_path / "cands.safetensors"))
+
+    assert cli.main(["reference", str(tmp_path / "real.npz"), "-o", str(tmp_path / "ref.safetensors"), "-q"]) == 0
+    proc = run(
+        "score",
+        "cands.safetensors",
+        "--reference",
+        "ref.safetensors",
+        "--json",
+        "--per-sample",
+        "pmi.csv",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    xc, yc = xc.half().double(), yc.half().double()  # what the file holds
+    assert close(report["mid"], mutual_information_divergence(x.double(), y.double(), xc, yc).item(), 1e-8)
+    assert report["model"] is None and (report["image_dim"], report["text_dim"]) == (3, 4)
+    with open(tmp_path / "pmi.csv", newline="") as handle:
+        values = [float(r["pmi"]) for r in csv.DictReader(handle)]
+    expected = pointwise_mutual_information(x.double(), y.double(), xc, yc)
+    assert np.allclose(values, expected.numpy(), rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def fail(argv: list[str], capsys, *phrases: str) -> str:
+    status = cli.main([*argv, "--quiet"])  # so that the error is all that stderr holds
+    err = capsys.readouterr().err.strip()
+    assert status == 1, err
+    assert err.startswith("mid-metric: error: ") and "\n" not in err, err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
+    return err
+
+
+@pytest.fixture()
+def bad(work, tmp_path):
+    """A fresh folder with a copy of the real images and helpers to write broken pairs files."""
+    shutil.copytree(work["root"] / "real" / "images", tmp_path / "images")
+    return tmp_path
+
+
+def test_missing_pairs_file_and_missing_column(work, bad, capsys):
+    out = bad / "ref.safetensors"
+    model = str(work["model"])
+    fail(["reference", str(bad / "nope.csv"), "-o", str(out), "--model", model], capsys, "nope.csv", "does not exist")
+    write_csv(bad / "cols.csv", [{"image": "images/0.png", "text": "a cat"}], ["image", "text"])
+    fail(
+        ["reference", str(bad / "cols.csv"), "-o", str(out), "--model", model],
+        capsys,
+        "cols.csv",
+        "no column 'caption'",
+        "'text'",
+        "--caption-column",
+    )
+    fail(
+        [
+            "reference",
+            str(bad / "cols.csv"),
+            "-o",
+            str(out),
+            "--model",
+            model,
+            "--image-column",
+            "path",
+            "--caption-column",
+            "text",
+        ],
+        capsys,
+        "no column 'path'",
+        "--image-column",
+    )
+    jsonl = bad / "gen.jsonl"
+    jsonl.write_text('{"image": "images/0.png", "caption": "x", "generated": "y"}\n{"image": "images/1.png"}\n')
+    fail(
+        [
+            "score",
+            str(jsonl),
+            "--reference-pairs",
+            str(jsonl),
+            "--generated-caption-column",
+            "generated",
+            "--model",
+            model,
+        ],
+        capsys,
+        "row 2",
+        "no column 'generated'",
+        "--generated-caption-column",
+    )
+    assert not out.exists()
+
+
+def test_missing_or_corrupt_image_and_empty_caption(work, bad, capsys):
+    model = str(work["model"])
+    rows = [{"image": f"images/{i}.png", "caption": f"c {i}"} for i in range(NUM_PAIRS)]
+    out = bad / "ref.safetensors"
+
+    missing = [dict(r) for r in rows]
+    missing[6]["image"] = "images/absent.png"
+    write_csv(bad / "missing.csv", missing, ["image", "caption"])
+    fail(["reference", str(bad / "missing.csv"), "-o", str(out), "--model", model], capsys, "row 7", "absent.png")
+
+    empty = [dict(r) for r in rows]
+    empty[4]["caption"] = "   "
+    write_csv(bad / "empty.csv", empty, ["image", "caption"])
+    fail(["reference", str(bad / "empty.csv"), "-o", str(out), "--model", model], capsys, "row 5", "empty caption")
+    assert not out.exists()
+
+    # A corrupt image, through the real console script: file and row are named, and no output file is left.
+    (bad / "images" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    write_csv(bad / "pairs.csv", rows, ["image", "caption"])
+    proc = run("reference", "pairs.csv", "-o", "ref.safetensors", "--model", model, "--batch-size", "4", cwd=bad)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("mid-metric: error:") and "row 10" in last and "9.png" in last, proc.stderr
+    assert not out.exists() and not [p for p in bad.iterdir() if p.name.startswith(".ref.safetensors")]
+    truncated = (work["root"] / "real" / "images" / "2.png").read_bytes()
+    (bad / "images" / "9.png").write_bytes(truncated[: len(truncated) // 2])
+    fail(["reference", str(bad / "pairs.csv"), "-o", str(out), "--model", model], capsys, "row 10", "9.png")
+    assert not out.exists()
+
+
+def test_reference_from_another_model_or_of_other_sizes(work, tmp_path, capsys):
+    root, model = work["root"], str(work["model"])
+    ref = tmp_path / "ref.safetensors"
+    assert cli.main(["reference", str(root / "real" / "pairs.csv"), "-o", str(ref), "--model", model, "-q"]) == 0
+    capsys.readouterr()
+    cands = [str(root / "gen" / "cands.jsonl"), "--image-column", "file", "--caption-column", "prompt"]
+    per_sample = tmp_path / "pmi.csv"
+    fail(
+        [
+            "score",
+            *cands,
+            "--reference",
+            str(ref),
+            "--model",
+            "openai/clip-vit-large-patch14",
+            "--per-sample",
+            str(per_sample),
+        ],
+        capsys,
+        "was built with model",
+        "openai/clip-vit-large-patch14",
+    )
+    assert not per_sample.exists()
+
+    # A reference of 3 + 3 precomputed features cannot score 16 + 16 CLIP features.
+    gen = torch.Generator().manual_seed(0)
+    np.savez(
+        tmp_path / "small.npz",
+        image_features=torch.randn(30, 3, generator=gen).numpy(),
+        text_features=torch.randn(30, 3, generator=gen).numpy(),
+    )
+    small_ref = tmp_path / "small.safetensors"
+    assert cli.main(["reference", str(tmp_path / "small.npz"), "-o", str(small_ref), "-q"]) == 0
+    fail(["score", *cands, "--reference", str(small_ref), "--model", model], capsys, "(16, 16)", "(3, 3)")
+    np.savez(tmp_path / "wide.npz", image_features=np.ones((5, 4), np.float32), text_features=np.ones((5, 3), "f4"))
+    fail(["score", str(tmp_path / "wide.npz"), "--reference", str(small_ref)], capsys, "(4, 3)", "(3, 3)")
+    fail(["score", *cands, "--reference", str(small_ref)], capsys, "--model")  # no model recorded, none given
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a safetensors file")
+    fail(["score", str(tmp_path / "wide.npz"), "--reference", str(bogus)], capsys, "bogus.safetensors")
+    fail(["score", str(tmp_path / "wide.npz"), "--reference", str(tmp_path / "none.safetensors")], capsys, "exist")
+
+
+def test_too_few_pairs_for_a_full_rank_covariance(work, tmp_path, capsys):
+    root, model = work["root"], str(work["model"])
+    few = write_csv(tmp_path / "few.csv", work["real_rows"][:20], ["image", "caption", "generated"])
+    for row in work["real_rows"][:20]:
+        (tmp_path / "images").mkdir(exist_ok=True)
+        shutil.copy(root / "real" / row["image"], tmp_path / row["image"])
+    out = tmp_path / "ref.safetensors"
+    dim = 2 * TINY_PROJECTION_DIM
+    fail(["reference", str(few), "-o", str(out), "--model", model], capsys, "20 pairs", f"{dim + 1}", "--eps")
+    assert not out.exists()
+    fail(["score", str(few), "--reference-pairs", str(few), "--model", model], capsys, f"{dim + 1}", "--eps")
+    # With --eps the same pairs are usable.
+    assert cli.main(["reference", str(few), "-o", str(out), "--model", model, "--eps", "5e-4", "-q"]) == 0
+    assert out.exists()
+
+
+def test_bad_features_files_and_usage_errors(tmp_path, capsys):
+    np.savez(tmp_path / "nokey.npz", image_features=np.ones((5, 2), np.float32))
+    fail(["reference", str(tmp_path / "nokey.npz"), "-o", str(tmp_path / "r.safetensors")], capsys, "text_features")
+    np.savez(tmp_path / "objects.npz", image_features=np.array([{"a": 1}], dtype=object), text_features=np.ones(1))
+    fail(["reference", str(tmp_path / "objects.npz"), "-o", str(tmp_path / "r.safetensors")], capsys, "objects.npz")
+    np.savez(tmp_path / "ints.npz", image_features=np.ones((5, 2), np.int64), text_features=np.ones((5, 2)))
+    fail(["reference", str(tmp_path / "ints.npz"), "-o", str(tmp_path / "r.safetensors")], capsys, "floating")
+    (tmp_path / "pairs.txt").write_text("image,caption\n")
+    fail(["reference", str(tmp_path / "pairs.txt"), "-o", str(tmp_path / "r.safetensors")], capsys, "unsupported")
+    np.savez(tmp_path / "ok.npz", image_features=np.eye(8, 2), text_features=np.eye(8, 2)[::-1].copy())
+    fail(["reference", str(tmp_path / "ok.npz"), "-o", str(tmp_path / "no" / "r.safetensors")], capsys, "folder")
+    assert not (tmp_path / "r.safetensors").exists()
+    # Command-line usage errors are argparse's: exit status 2 with a usage line.
+    for argv in (
+        ["score", "x.csv"],
+        ["reference", "x.csv"],
+        ["demo", "--seed", "x"],
+        ["score", "x.csv", "--reference", "r", "--batch-size", "0"],
+        ["score", "x.csv", "--reference", "r", "--eps", "-1"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv)
+        assert exit_info.value.code == 2
+        assert "usage:" in capsys.readouterr().err
+
+
+def test_progress_bar_on_a_tty_only_and_never_with_quiet(work, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    root, model = work["root"], str(work["model"])
+    pairs = str(root / "real" / "pairs.csv")
+
+    class TTY(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for quiet in (False, True):
+        stream = TTY()
+        monkeypatch.setattr(sys, "stderr", stream)
+        argv = ["reference", pairs, "-o", str(tmp_path / "r.safetensors"), "--model", model, "--batch-size", "8"]
+        assert cli.main(argv + (["--quiet"] if quiet else [])) == 0
+        text = stream.getvalue()
+        if quiet:
+            assert text == ""
+        else:
+            assert "Encoding images" in text and f"{NUM_PAIRS}/{NUM_PAIRS}" in text
+    monkeypatch.undo()
+    capsys.readouterr()

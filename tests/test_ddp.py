@@ -1,0 +1,168 @@
+"""Two-process DDP (torch.distributed, gloo on localhost): the synced value equals the single-process value.
+
+One launch of 2 spawned processes runs three scenarios; each rank saves what it saw and the parent compares.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from reference_impl import ClipLikeDistribution, ref_mid, well_conditioned_pairs
+
+from mid_metric import MutualInformationDivergence
+
+WORLD_SIZE = 2
+DX, DY = 6, 5
+REL = 1e-10
+HARD_ABS = 5e-9
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
+    pytest.mark.skipif(sys.platform == "win32", reason="gloo over localhost TCP is not set up for Windows here"),
+]
+
+
+def _data():
+    x, y = well_conditioned_pairs(400, DX, DY, seed=0)
+    x0, y0 = well_conditioned_pairs(300, DX, DY, seed=1, strength=0.3)
+    return x, y, x0, y0
+
+
+def _hard_data():
+    dist_ = ClipLikeDistribution(32, 32, seed=7)
+    x, y = dist_.sample(1500, seed=8)
+    x0, y0 = dist_.sample(1000, seed=9, rho_scale=0.95)
+    return x, y, x0, y0
+
+
+# Per scenario, per rank: (reference row ranges, candidate row ranges), each range one update() call.
+# Uneven numbers of batches per rank; rank 1 sees no candidates ("well", "hard"), or nothing at all ("idle").
+SPLITS = {
+    "well": {
+        0: ([(0, 50), (50, 170)], [(0, 7), (7, 100), (100, 300)]),
+        1: ([(170, 171), (171, 250), (250, 330), (330, 390), (390, 400)], []),
+    },
+    "hard": {
+        0: ([(0, 700)], [(0, 1), (1, 400), (400, 1000)]),
+        1: ([(700, 701), (701, 1200), (1200, 1500)], []),
+    },
+    "idle": {
+        0: ([(0, 400)], [(0, 300)]),
+        1: ([], []),
+    },
+}
+
+
+def _fill(metric, data, ranges):
+    x, y, x0, y0 = data
+    for start, stop in ranges[0]:
+        metric.update(x[start:stop], y[start:stop], real=True)
+    for start, stop in ranges[1]:
+        metric.update(x0[start:stop], y0[start:stop], real=False)
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        report = {}
+        for scenario, split in SPLITS.items():
+            data = _hard_data() if scenario == "hard" else _data()
+            metric = MutualInformationDivergence(feature=(data[0].shape[1], data[1].shape[1]))
+            _fill(metric, data, split[rank])
+            local = {k: v.clone() for k, v in metric.metric_state.items()}
+            value = metric.compute()  # a collective: every rank calls it
+            after = {k: v.clone() for k, v in metric.metric_state.items()}
+            result = metric.compute_result()  # cached value, no second sync
+            # Accumulation goes on after compute (states were unsynced), and a second compute syncs again.
+            # Every rank must update before the next compute(): torchmetrics returns the cached value, without the
+            # collective, on a rank that has not updated since its last compute, and the ranks would then deadlock.
+            # Rank 0's batch is empty (it changes no statistic but clears the cache).
+            rows = slice(0, 5) if rank == 1 else slice(0, 0)
+            metric.update(data[2][rows], data[3][rows], real=False)
+            second = metric.compute()
+            report[scenario] = {
+                "value": value,
+                "mid": result.mid,
+                "mi": result.mutual_information,
+                "num_reference": result.num_reference,
+                "num_candidates": result.num_candidates,
+                "local": local,
+                "after": after,
+                "second": second,
+            }
+        torch.save(report, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True, start_method="spawn")
+    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+
+
+def _single_process(scenario):
+    data = _hard_data() if scenario == "hard" else _data()
+    metric = MutualInformationDivergence(feature=(data[0].shape[1], data[1].shape[1]))
+    for rank in range(WORLD_SIZE):
+        _fill(metric, data, SPLITS[scenario][rank])
+    return metric.compute(), data
+
+
+@pytest.mark.parametrize("scenario", list(SPLITS))
+def test_ddp_equals_single_process(reports, scenario):
+    single, data = _single_process(scenario)
+    total_ref = sum(b - a for rank in range(WORLD_SIZE) for a, b in SPLITS[scenario][rank][0])
+    total_cand = sum(b - a for rank in range(WORLD_SIZE) for a, b in SPLITS[scenario][rank][1])
+    assert total_ref == data[0].shape[0] and total_cand == data[2].shape[0]
+    for rank, report in enumerate(reports):
+        got = report[scenario]
+        assert got["value"].dtype == torch.float64
+        assert got["value"].item() == pytest.approx(single.item(), rel=REL, abs=0.0), rank
+        assert torch.equal(got["mid"], got["value"])
+        assert (got["num_reference"], got["num_candidates"]) == (total_ref, total_cand)
+    assert torch.equal(reports[0][scenario]["value"], reports[1][scenario]["value"])  # all ranks agree exactly
+    if scenario == "hard":
+        assert abs(reports[0][scenario]["value"].item() - ref_mid(*data)) <= HARD_ABS
+
+
+@pytest.mark.parametrize("scenario", list(SPLITS))
+def test_local_state_restored_after_compute(reports, scenario):
+    for rank, report in enumerate(reports):
+        got = report[scenario]
+        for name, local in got["local"].items():
+            assert torch.equal(got["after"][name], local), (rank, name)
+        ranges = SPLITS[scenario][rank]
+        assert int(got["after"]["reference_moments"][0]) == sum(b - a for a, b in ranges[0])
+        assert int(got["after"]["candidate_moments"][0]) == sum(b - a for a, b in ranges[1])
+
+
+@pytest.mark.parametrize("scenario", list(SPLITS))
+def test_accumulation_continues_after_compute(reports, scenario):
+    _, data = _single_process(scenario)
+    x, y, x0, y0 = data
+    # After the first compute, rank 1 added candidates x0[:5]; the second compute sees all data plus those.
+    expected = ref_mid(x, y, torch.cat([x0, x0[:5]]), torch.cat([y0, y0[:5]]))
+    for report in reports:
+        second = report[scenario]["second"].item()
+        if scenario == "hard":
+            assert abs(second - expected) <= HARD_ABS
+        else:
+            assert second == pytest.approx(expected, rel=REL, abs=0.0)
