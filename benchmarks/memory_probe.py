@@ -104,7 +104,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, required=True, help="reference pairs, and as many candidate pairs")
     parser.add_argument("--dim", type=int, default=768, help="feature size per modality")
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (memory does not depend on them)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(json.dumps(probe(args.impl, args.n, args.dim, args.batch)))
 
 

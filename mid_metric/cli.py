@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -93,19 +94,27 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the descriptions' line breaks and show defaults."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the descriptions' line breaks, and show the defaults that say something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        meaningful = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if meaningful and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
-_PAIRS_HELP = (
+_PAIRS_HELP = textwrap.fill(
     "PAIRS is a CSV (.csv, .tsv) or JSON Lines (.jsonl) file with one (image, caption) pair per row: an image path"
     " column and a caption column (see --image-column, --caption-column); image paths are relative to the file."
     " It may instead be a .safetensors or .npz file holding 2-D arrays 'image_features' and 'text_features'"
-    " (one row per pair, e.g. L2-normalised CLIP features computed elsewhere), which needs no model."
+    " (one row per pair, e.g. L2-normalised CLIP features computed elsewhere), which needs no model.",
+    width=104,
 )
 
 
-def _add_common_options(parser: argparse.ArgumentParser, model_help: str) -> None:
+def _add_common_options(parser: argparse.ArgumentParser, model_help: str, eps_default: str) -> None:
     group = parser.add_argument_group("features")
     group.add_argument("--model", metavar="MODEL", help=model_help)
     group.add_argument("--image-column", default="image", metavar="NAME", help="column of PAIRS with the image path")
@@ -129,9 +138,9 @@ def _add_common_options(parser: argparse.ArgumentParser, model_help: str) -> Non
         "--eps",
         type=_eps,
         default=None,
-        help="added to the diagonal of every covariance (default: the eps recorded in --reference, else 0). 0"
-        " reproduces the paper, which hints at 5e-4 for fewer than 30,000 reference pairs; with 0, more than"
-        " image_dim + text_dim reference pairs are needed",
+        help=f"added to the diagonal of every covariance (default: {eps_default}). 0 reproduces the paper, which"
+        " hints at 5e-4 for fewer than 30,000 reference pairs; with 0, more than image_dim + text_dim reference"
+        " pairs are needed",
     )
     group.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar and no messages on stderr (errors still show)"
@@ -200,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Hugging Face CLIP model id or local model folder that encodes the pairs (e.g."
         " openai/clip-vit-large-patch14); needed unless PAIRS is a features file, where it only names the model in"
         " the output",
+        eps_default="0; it is recorded in the output, and 'score --reference' uses it",
     )
 
     score = commands.add_parser(
@@ -240,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
         score,
         "Hugging Face CLIP model id or local model folder that encodes images and captions; defaults to the"
         " model recorded in --reference",
+        eps_default="the eps recorded in --reference, else 0",
     )
     return parser
 
@@ -379,6 +390,12 @@ class _Session:
                 )
             from mid_metric.features import load_clip
 
+            try:
+                torch.device(self.args.device)
+            except RuntimeError:
+                raise CommandError(
+                    f"--device {self.args.device!r} is not a torch device (use e.g. cpu, cuda or cuda:1)."
+                ) from None
             self.console.quiet_transformers()
             self.console.info(f"Loading {self.model} on {self.args.device} ...")
             self._extractor = load_clip(self.model, device=self.args.device, batch_size=self.args.batch_size)
@@ -446,6 +463,8 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _check_output_folder(path: str) -> None:
+    if Path(path).is_dir():
+        raise CommandError(f"Cannot write {path!r}: it is a folder; give a file name.")
     folder = Path(path).parent
     if not folder.is_dir():
         raise CommandError(f"Cannot write {path!r}: folder {str(folder)!r} does not exist.")

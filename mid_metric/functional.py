@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from mid_metric import moments
+from mid_metric import bias, moments
 from mid_metric.result import MIDResult
 from mid_metric.validation import check_eps, check_pairs
 
@@ -243,7 +243,7 @@ def divergence_from_moments(reference: GaussianReference, candidate_packed: Tens
             " with the generated pairs before computing."
         )
     _, scatter = moments.mean_and_scatter(candidate_packed, center=reference.mean)
-    candidate_cov = scatter / (num_candidates - 1)
+    candidate_cov = scatter.div_(num_candidates - 1)  # scatter is a fresh tensor
     trace_image, trace_text, trace_joint = _candidate_traces(reference, candidate_cov)
     distance = 0.5 * (trace_image + trace_text - trace_joint)
     mid = reference.mutual_information + distance
@@ -287,13 +287,15 @@ def _reference_of(images: Tensor, texts: Tensor, eps: float, prefix: str = "refe
     return reference_from_moments(packed, images.shape[1], eps)
 
 
-def mutual_information(images: Tensor, texts: Tensor, eps: float = 0.0) -> Tensor:
+def mutual_information(images: Tensor, texts: Tensor, eps: float = 0.0, bias_correction: bool = False) -> Tensor:
     """Gaussian mutual information ``I`` between paired image and text features.
 
     Args:
         images: Image features ``(N, Dx)``, any floating dtype.
         texts: Text features ``(N, Dy)``.
         eps: Added to the diagonal of every covariance (0 reproduces the paper).
+        bias_correction: Subtract the Gaussian small-sample bias of the log-determinants (needs ``eps = 0``; see
+            :func:`mid_metric.bias.mutual_information_bias`).
 
     Returns:
         0-dim float64 tensor.
@@ -309,7 +311,12 @@ def mutual_information(images: Tensor, texts: Tensor, eps: float = 0.0) -> Tenso
         >>> torch.allclose(mutual_information(x, y), -0.5 * torch.log(1 - r**2))
         True
     """
-    return _reference_of(images, texts, check_eps(eps), prefix="").mutual_information
+    eps = check_eps(eps)
+    bias.check_bias_correction(bias_correction, eps)
+    mutual_info = _reference_of(images, texts, eps, prefix="").mutual_information
+    if bias_correction:
+        mutual_info = mutual_info - bias.mutual_information_bias(images.shape[1], texts.shape[1], images.shape[0])
+    return mutual_info
 
 
 def mutual_information_divergence(
@@ -318,6 +325,7 @@ def mutual_information_divergence(
     candidate_images: Tensor,
     candidate_texts: Tensor,
     eps: float = 0.0,
+    bias_correction: bool = False,
 ) -> Tensor:
     """Mutual Information Divergence of candidate pairs against reference pairs.
 
@@ -331,13 +339,16 @@ def mutual_information_divergence(
         candidate_images: ``(M, Dx)`` image features of the candidate pairs.
         candidate_texts: ``(M, Dy)`` text features of the candidate pairs.
         eps: Added to the diagonal of every covariance (0 reproduces the paper).
+        bias_correction: Return the Gaussian bias-corrected estimator of :func:`mid_metric.bias.corrected_divergence`
+            instead of the paper's (needs ``eps = 0`` and ``N > Dx + Dy + 2``).
 
     Returns:
         0-dim float64 tensor.
 
     Raises:
         TypeError: If an input is not a floating tensor.
-        ValueError: If shapes disagree, a value is not finite, ``N <= Dx + Dy`` with ``eps = 0``, or ``M < 2``.
+        ValueError: If shapes disagree, a value is not finite, ``N <= Dx + Dy`` with ``eps = 0``, or ``M < 2``;
+            or ``bias_correction=True`` with ``eps > 0``.
 
     Example:
         >>> _ = torch.manual_seed(123)
@@ -346,12 +357,16 @@ def mutual_information_divergence(
         >>> round(mutual_information_divergence(x, y, 1.1 * x, y).item(), 6)
         0.151645
     """
-    reference = _reference_of(reference_images, reference_texts, check_eps(eps))
+    eps = check_eps(eps)
+    bias.check_bias_correction(bias_correction, eps)
+    reference = _reference_of(reference_images, reference_texts, eps)
     candidate_images, candidate_texts = check_pairs(
         candidate_images, candidate_texts, reference.dim_image, reference.chol_text.shape[0], prefix="candidate_"
     )
     device = reference.mean.device
     joint = torch.cat([candidate_images.to(device, torch.float64), candidate_texts.to(device, torch.float64)], 1)
+    if bias_correction:
+        return bias.corrected_divergence(reference, moments.from_features(joint)).mid
     return divergence_from_moments(reference, moments.from_features(joint)).mid
 
 

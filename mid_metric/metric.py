@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
-from mid_metric import moments
+from mid_metric import bias, moments
 from mid_metric.features import as_feature_extractor, check_texts, count_images
 from mid_metric.functional import (
     GaussianReference,
@@ -87,6 +87,9 @@ class MutualInformationDivergence(Metric):
         reference: A reference statistics file written by :meth:`save_reference`, loaded as if its pairs had been
             passed with ``real=True`` (see :meth:`load_reference`).
         check_feature_extractor: Refuse reference files made with a feature extractor of another name.
+        bias_correction: Compute the Gaussian bias-corrected MID of :mod:`mid_metric.bias`, which estimates the
+            same population value at any ``N``, instead of the paper's estimator (the default, which published
+            numbers use). Needs ``eps = 0``.
         kwargs: Passed to :class:`torchmetrics.Metric` (``dist_sync_on_step``, ``process_group``, ...).
 
     Raises:
@@ -127,6 +130,7 @@ class MutualInformationDivergence(Metric):
         validate_args: bool = True,
         reference: Optional[ReferencePath] = None,
         check_feature_extractor: bool = True,
+        bias_correction: bool = False,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("dist_sync_fn") is None:
@@ -134,6 +138,7 @@ class MutualInformationDivergence(Metric):
             kwargs["dist_sync_fn"] = all_reduce_moments
         super().__init__(**kwargs)
         self.eps = check_eps(eps)
+        self.bias_correction = bias.check_bias_correction(bias_correction, self.eps)
         if not isinstance(reset_real_features, bool):
             raise TypeError(f"`reset_real_features` must be a bool, got {reset_real_features!r}.")
         if not isinstance(check_feature_extractor, bool):
@@ -164,6 +169,7 @@ class MutualInformationDivergence(Metric):
         self._batches_seen = {"reference": 0, "candidate": 0}
         self._reference_cache: Optional[tuple[Tensor, int, Tensor, int, GaussianReference]] = None
         self._last_result: Optional[MIDResult] = None
+        self._ci_inputs: Optional[tuple[GaussianReference, Tensor]] = None  # set by compute()
         # Statistics loaded from a reference file. They are kept apart from the synced state, so that under DDP,
         # where every rank loads the same file, they are counted once; `_fitted_reference` merges the two.
         self._loaded_reference = moments.empty_moments(joint_dim)
@@ -252,7 +258,13 @@ class MutualInformationDivergence(Metric):
                 covariance that is not positive definite.
         """
         self._check_device()
-        result = divergence_from_moments(self._fitted_reference(), self.candidate_moments)
+        reference = self._fitted_reference()
+        if self.bias_correction:
+            result = bias.corrected_divergence(reference, self.candidate_moments)
+        else:
+            result = divergence_from_moments(reference, self.candidate_moments)
+        # What compute_with_ci needs, taken from the (synced) states this result came from.
+        self._ci_inputs = (reference, self.candidate_moments.clone())
         self._last_result = result
         return result.mid
 
@@ -276,6 +288,37 @@ class MutualInformationDivergence(Metric):
         if self._last_result is None:  # pragma: no cover - compute() always sets it when it succeeds
             raise RuntimeError("compute() produced no result")
         return self._last_result
+
+    def compute_with_ci(self, level: float = 0.95) -> MIDResult:
+        """Return the result of :meth:`compute` with a standard error and a ``level`` confidence interval.
+
+        ``standard_error``, ``ci_low``, ``ci_high`` and ``ci_level`` of the returned
+        :class:`~mid_metric.result.MIDResult` are filled in (see :func:`mid_metric.bias.standard_error`). It covers
+        the candidates' sampling noise and, to first order, the reference's. With ``bias_correction=True`` it
+        targets the population MID; with the paper's estimator it is centred on a value biased by the sample size.
+        Like :meth:`compute`, it syncs under DDP and must run on every rank.
+
+        Args:
+            level: Nominal coverage, in ``(0, 1)``.
+
+        Raises:
+            ValueError: If ``level`` is not in ``(0, 1)``, or as :meth:`compute`.
+
+        Example:
+            >>> import torch
+            >>> metric = MutualInformationDivergence(feature=2, bias_correction=True)
+            >>> z = torch.randn(300, 4)
+            >>> metric.update(z[:200, :2], z[:200, 2:], real=True)
+            >>> metric.update(z[200:, :2], z[200:, 2:], real=False)
+            >>> result = metric.compute_with_ci(0.9)
+            >>> bool(result.ci_low < result.mid < result.ci_high), result.ci_level
+            (True, 0.9)
+        """
+        result = self.compute_result()
+        if self._ci_inputs is None:  # pragma: no cover - compute() always sets it when it succeeds
+            raise RuntimeError("compute() produced no statistics")
+        reference, candidates = self._ci_inputs
+        return bias.with_confidence_interval(result, reference, candidates, level)
 
     @property
     def last_result(self) -> Optional[MIDResult]:

@@ -389,6 +389,8 @@ def test_missing_pairs_file_and_missing_column(work, bad, capsys):
         "no column 'generated'",
         "--generated-caption-column",
     )
+    real = str(work["root"] / "real" / "pairs.csv")
+    fail(["reference", real, "-o", str(out), "--model", model, "--device", "nodev"], capsys, "--device 'nodev'")
     assert not out.exists()
 
 
@@ -492,6 +494,7 @@ def test_bad_features_files_and_usage_errors(tmp_path, capsys):
     fail(["reference", str(tmp_path / "pairs.txt"), "-o", str(tmp_path / "r.safetensors")], capsys, "unsupported")
     np.savez(tmp_path / "ok.npz", image_features=np.eye(8, 2), text_features=np.eye(8, 2)[::-1].copy())
     fail(["reference", str(tmp_path / "ok.npz"), "-o", str(tmp_path / "no" / "r.safetensors")], capsys, "folder")
+    fail(["reference", str(tmp_path / "ok.npz"), "-o", str(tmp_path)], capsys, "is a folder")
     assert not (tmp_path / "r.safetensors").exists()
     # Command-line usage errors are argparse's: exit status 2 with a usage line.
     for argv in (

@@ -19,9 +19,11 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def _torchrun(tmp_path: Path, *flags: str) -> dict:
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     cmd += [str(EXAMPLES / "ddp_torchrun.py"), "--out", str(out), *flags]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=240, start_new_session=True
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 

@@ -1,0 +1,45 @@
+"""Smoke test of the benchmark suite: ``benchmarks/run.py --quick --tiny`` runs and writes its tables."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_benchmark_script_quick_tiny(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "# Results\n\nkept above\n\n<!-- BEGIN benchmark -->\nold\n<!-- END benchmark -->\n\nkept below\n"
+    )
+    plot = tmp_path / "memory.png"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--quick",
+            "--tiny",
+            "--results",
+            str(results),
+            "--plot",
+            str(plot),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = results.read_text()
+    assert "kept above" in text and "kept below" in text and "\nold\n" not in text
+    for title in ("Update throughput", "compute() latency", "End to end", "Peak memory", "DDP sync", "## Targets"):
+        assert title in text, title
+    assert text.count("<!-- BEGIN benchmark -->") == 1
+    assert plot.stat().st_size > 0
+    for line in ("update throughput", "compute() <", "end to end", "peak memory", "sync bytes"):
+        assert any(line in out and ("[PASS]" in out or "[FAIL]" in out) for out in done.stdout.splitlines()), line
