@@ -27,7 +27,7 @@ import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -60,24 +60,24 @@ class CommandError(Exception):
 
 
 # ------------------------------------------------------------------------------------------ argument parsing
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """Return an argparse type that accepts integers >= ``minimum``."""
+    expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _eps(text: str) -> float:
@@ -239,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--per-sample",
         metavar="OUT.csv",
         help="write one row per candidate: row, image, caption and its pointwise mutual information (pmi)",
+    )
+    score.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="use the bias-corrected estimator, whose value does not drift with the number of samples (see the"
+        " README); published MID numbers use the paper's uncorrected estimator, the default. Needs --eps 0",
     )
     score.add_argument(
         "--json",
@@ -427,7 +433,7 @@ def _save_reference(path: str, metric: Any, model: Optional[str]) -> None:
     metric.save_reference(path, feature_extractor=model or "")
 
 
-def _load_reference(path: str, eps: Optional[float]) -> tuple[Any, dict[str, Any]]:
+def _load_reference(path: str, eps: Optional[float], bias_correction: bool = False) -> tuple[Any, dict[str, Any]]:
     """Return a metric holding the reference of ``path``, and the file's metadata."""
     from mid_metric.metric import MutualInformationDivergence
     from mid_metric.reference_io import load_reference_statistics
@@ -435,17 +441,18 @@ def _load_reference(path: str, eps: Optional[float]) -> tuple[Any, dict[str, Any
     if not Path(path).is_file():
         raise CommandError(f"Reference file {path!r} does not exist.")
     _, metadata = load_reference_statistics(path)  # checks the file before anything else is done
-    options: dict[str, Any] = {"check_feature_extractor": False}  # the CLI compares model names itself
+    options: dict[str, Any] = {"check_feature_extractor": False, "bias_correction": bias_correction}
+    # (the CLI compares model names itself)
     if eps is not None:
         options["eps"] = eps
     return MutualInformationDivergence.from_reference(path, **options), metadata
 
 
 # --------------------------------------------------------------------------------------------- commands
-def _new_metric(image_dim: int, text_dim: int, eps: float) -> Any:
+def _new_metric(image_dim: int, text_dim: int, eps: float, bias_correction: bool = False) -> Any:
     from mid_metric.metric import MutualInformationDivergence
 
-    return MutualInformationDivergence(feature=(image_dim, text_dim), eps=eps)
+    return MutualInformationDivergence(feature=(image_dim, text_dim), eps=eps, bias_correction=bias_correction)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -554,7 +561,7 @@ def _run_score(args: argparse.Namespace) -> int:
         _check_output_folder(args.per_sample)
 
     if args.reference is not None:
-        metric, metadata = _load_reference(args.reference, args.eps)
+        metric, metadata = _load_reference(args.reference, args.eps, args.bias_correction)
         image_dim, text_dim, eps = metric.image_dim, metric.text_dim, metric.eps
         reference_model = metadata["feature_extractor"]
         if args.model and reference_model and not _same_model(args.model, reference_model):
@@ -577,7 +584,7 @@ def _run_score(args: argparse.Namespace) -> int:
         reference = session.features(reference_source)
         image_dim, text_dim = reference.images.shape[1], reference.texts.shape[1]
         _check_reference_count(len(reference), image_dim, text_dim, eps, str(reference.source))
-        metric = _new_metric(image_dim, text_dim, eps)
+        metric = _new_metric(image_dim, text_dim, eps, args.bias_correction)
         metric.update(reference.images, reference.texts, real=True)
         reference_label = args.reference_pairs
 
@@ -598,7 +605,7 @@ def _run_score(args: argparse.Namespace) -> int:
     if len(candidates) < 2:
         raise CommandError(f"{candidates.source} holds {len(candidates)} pair; MID needs at least 2 candidate pairs.")
     metric.update(candidates.images, candidates.texts, real=False)
-    result = metric.compute_result()
+    result = metric.compute_with_ci()  # MID, its terms, a standard error and a 95% confidence interval
 
     report: dict[str, Any] = _result_fields(result)
     report.update(

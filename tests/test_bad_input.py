@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _state import assert_same_state, snapshot
 from reference_impl import well_conditioned_pairs
 
 from mid_metric import MutualInformationDivergence
@@ -14,16 +15,6 @@ from mid_metric import functional as F
 DX, DY = 4, 3
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
-
-
-def snapshot(metric):
-    return {name: value.clone() for name, value in metric.metric_state.items()}
-
-
-def assert_same_state(metric, before):
-    for name, value in metric.metric_state.items():
-        assert value.dtype == before[name].dtype and value.shape == before[name].shape, name
-        assert torch.equal(value.view(torch.int64), before[name].view(torch.int64)), name  # bit-identical
 
 
 @pytest.fixture

@@ -291,7 +291,7 @@ def test_captioning_with_reference_pairs_and_generated_captions(work, extractor,
 
 
 # ----------------------------------------------------------------------------------- precomputed features
-def test_precomputed_features_npz_and_safetensors(tmp_path):
+def test_precomputed_features_npz_and_safetensors(tmp_path, capsys):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(60, 3, generator=gen)
     y = 0.7 * x + 0.5 * torch.randn(60, 4, generator=gen)[:, :3]
@@ -317,6 +317,16 @@ def test_precomputed_features_npz_and_safetensors(tmp_path):
     xc, yc = xc.half().double(), yc.half().double()  # what the file holds
     assert close(report["mid"], mutual_information_divergence(x.double(), y.double(), xc, yc).item(), 1e-8)
     assert report["model"] is None and (report["image_dim"], report["text_dim"]) == (3, 4)
+    # The paper's estimator by default, with a 95% interval around it.
+    assert report["bias_corrected"] is False and report["ci_level"] == 0.95
+    assert report["ci_low"] < report["mid"] < report["ci_high"] and report["standard_error"] > 0
+    # --bias-correction switches to the corrected estimator of the library.
+    argv = ["score", str(tmp_path / "cands.safetensors"), "--reference", str(tmp_path / "ref.safetensors")]
+    assert cli.main([*argv, "--json", "--bias-correction", "-q"]) == 0
+    corrected = json.loads(capsys.readouterr().out)
+    expected = mutual_information_divergence(x.double(), y.double(), xc, yc, bias_correction=True).item()
+    assert corrected["bias_corrected"] is True and close(corrected["mid"], expected, 1e-8)
+    assert not close(corrected["mid"], report["mid"], 1e-3)
     with open(tmp_path / "pmi.csv", newline="") as handle:
         values = [float(r["pmi"]) for r in csv.DictReader(handle)]
     expected = pointwise_mutual_information(x.double(), y.double(), xc, yc)

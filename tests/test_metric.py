@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 import torch
+from _state import assert_same_state, snapshot
 from reference_impl import (
     ClipLikeDistribution,
     ref_mid,
@@ -34,16 +35,6 @@ def filled(x, y, x0, y0, batch_size=64, **kwargs):
     metric = MutualInformationDivergence(feature=(x.shape[1], y.shape[1]), **kwargs)
     feed(metric, x, y, True, batch_size)
     return feed(metric, x0, y0, False, batch_size)
-
-
-def snapshot(metric):
-    return {name: value.clone() for name, value in metric.metric_state.items()}
-
-
-def assert_same_state(metric, before):
-    for name, value in metric.metric_state.items():
-        assert value.dtype == before[name].dtype and value.shape == before[name].shape, name
-        assert torch.equal(value.view(torch.int64), before[name].view(torch.int64)), name  # bit-identical
 
 
 def assert_rel(actual, expected, rel=REL):
