@@ -51,10 +51,11 @@ NOTES = """## Notes
   Absolute figures (samples/s, ms) move with the load; the load average at the start and end of the run is in the
   first table. The GEMM rate measured here is the machine's float64 peak *under that load*.
 - **Performance work, before -> after** (the *previous* columns are measured in the same run):
-  - *Update*: `moments.accumulate_` now adds `C^T C` to the state as a blocked symmetric rank-B update
-    (`moments._add_gram_`): the off-diagonal half is one GEMM written in place into the lower block and copied to
-    the upper one, recursively, down to 512-wide diagonal blocks: 62.5% of the flops of the full product at
-    J = 1536, 75% at J = 1024, with no temporary J x J matrix. The previous update was one full GEMM.
+  - *Update*: `moments.accumulate_` now adds `C^T C` to the lower triangle of the state only, as a syrk would
+    (`moments._add_gram_`): one GEMM per 192-row block, over the columns up to the block's end, written in place
+    into the state (no temporary J x J matrix): 56% of the flops of the full product at J = 1536. Only the lower
+    triangle of the outer-product sum is kept; `compute()` and reference files rebuild the full matrix from it. The
+    previous update was one full GEMM.
   - *compute()*: when the candidate covariance is positive definite (more candidates than dimensions), it is
     factorised too (`S_hat = R R^T`), and each trace becomes a squared norm, `tr(S^-1 S_hat) = |L^-1 R|_F^2`, from
     one triangular solve that skips the zero blocks of the triangular right-hand side (`L^-1 R` is lower

@@ -214,6 +214,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         if args.out:
             with open(args.out, "w") as handle:
                 json.dump(summary, handle)
+    if args.devices > 1 and torch.distributed.is_initialized():
+        # Shut gloo down before the interpreter exits; otherwise its threads can abort the process at exit.
+        torch.distributed.destroy_process_group()
     return summary
 
 

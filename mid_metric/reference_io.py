@@ -100,7 +100,8 @@ def save_reference_statistics(
             f"`packed_moments` must be a 1-D tensor of {expected} values for image_dim={image_dim} and"
             f" text_dim={text_dim}, got shape {tuple(packed_moments.shape)}."
         )
-    packed = packed_moments.detach().to(device="cpu", dtype=torch.float64).contiguous()
+    # The metric's states keep S2 on the lower triangle only; the file holds the full symmetric matrix.
+    packed = moments.symmetrized(packed_moments.detach().to(device="cpu", dtype=torch.float64)).contiguous()
     if not bool(torch.isfinite(packed).all()):
         raise ValueError("`packed_moments` contains NaN or Inf; refusing to save broken reference statistics.")
     count = float(packed[0])
