@@ -404,9 +404,7 @@ class MutualInformationDivergence(Metric):
             if group in state:
                 self._batches_seen[group] = int(state[group])
 
-    def plot(
-        self, val: Optional[Union[Tensor, Sequence[Tensor]]] = None, ax: Optional[Any] = None
-    ) -> tuple[Any, Any]:
+    def plot(self, val: Optional[Union[Tensor, Sequence[Tensor]]] = None, ax: Optional[Any] = None) -> tuple[Any, Any]:
         """Plot one MID value, or a sequence of values (e.g. one per epoch), with matplotlib.
 
         Follows torchmetrics' plot API; matplotlib is the optional extra ``mid-metric[plot]``.
