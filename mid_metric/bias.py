@@ -263,6 +263,16 @@ def _shared_link(reference: GaussianReference, candidate_packed: Tensor, num_can
     return _solve(chol_new, cross.mT).mT
 
 
+def _sizes(reference: GaussianReference, candidate_packed: Tensor, what: str) -> tuple[int, int, int, int]:
+    """Return ``(M, Dx, Dy, Dx + Dy)``; raise when there are fewer than 2 candidates."""
+    num_candidates = int(moments.unpack(candidate_packed).count)
+    if num_candidates < 2:
+        raise ValueError(f"{what} needs at least 2 candidate pairs, got {num_candidates}.")
+    dx = reference.dim_image
+    dy = reference.chol_text.shape[0]
+    return num_candidates, dx, dy, dx + dy
+
+
 def corrected_divergence(reference: GaussianReference, candidate_packed: Tensor) -> MIDResult:
     """Bias-corrected MID from a fitted reference (``eps = 0``) and the candidates' packed moments.
 
@@ -284,12 +294,7 @@ def corrected_divergence(reference: GaussianReference, candidate_packed: Tensor)
         >>> torch.allclose(result.mid, result.mutual_information)  # same pairs: the distance term is 0
         True
     """
-    num_candidates = int(moments.unpack(candidate_packed).count)
-    if num_candidates < 2:
-        raise ValueError(f"MID needs at least 2 candidate pairs, got {num_candidates}.")
-    dx = reference.dim_image
-    dy = reference.chol_text.shape[0]
-    dz = dx + dy
+    num_candidates, dx, dy, dz = _sizes(reference, candidate_packed, "MID")
     count = reference.count
     _check_corrected_count(count, dz)
     dof = count - 1
@@ -383,12 +388,7 @@ def standard_error(
         >>> abs(se.item() / (pmi.std().item() / 2000**0.5) - 1) < 0.1  # agrees with the PMI values' spread
         True
     """
-    num_candidates = int(moments.unpack(candidate_packed).count)
-    if num_candidates < 2:
-        raise ValueError(f"A standard error needs at least 2 candidate pairs, got {num_candidates}.")
-    dx = reference.dim_image
-    dy = reference.chol_text.shape[0]
-    dz = dx + dy
+    num_candidates, dx, dy, dz = _sizes(reference, candidate_packed, "A standard error")
     count = reference.count
     dof = count - 1
     if bias_correction:
