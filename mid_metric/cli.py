@@ -249,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--json",
         action="store_true",
-        help="print a JSON object (MID, its terms, counts, model, version, and a confidence interval when the"
-        " metric computes one) instead of text",
+        help="print a JSON object (MID, its terms, counts, standard error and 95%% confidence interval, model,"
+        " version) instead of text",
     )
     _add_common_options(
         score,
