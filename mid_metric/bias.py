@@ -2,8 +2,8 @@ r"""Sample-size bias of MID: a bias-corrected estimator, and a standard error wi
 
 The paper's estimator plugs the reference sample mean ``z_bar`` and covariance ``S`` (``n = N - 1`` degrees of
 freedom) into the population formula, so its expectation depends on ``N``: ``log|S|`` is biased low and ``S^-1``
-is biased high. Under a Gaussian reference the biases are known exactly (``shared/GUIDE.md`` section 4, and
-``docs/bias_correction.md`` for the full derivation):
+is biased high. Under a Gaussian reference the biases are known exactly (``docs/bias_correction.md`` has the full
+derivation):
 
 * ``E[log|S_b|] = log|Sigma_b| + c(p_b, n)`` with ``c(p, n) = p log(2/n) + sum_{i=1..p} psi((n - i + 1) / 2)``;
 * ``E[S_b^-1] = n / (n - p_b - 1) Sigma_b^-1``, and ``z_bar ~ N(mu, Sigma / N)`` independently of ``S``.
@@ -22,10 +22,12 @@ mean over ``M - 1``), the corrected estimator is
     \hat T_b^c = \tfrac{n - p_b - 1}{n}\,\tfrac{M - 1}{M}\,T_b - \tfrac{p_b}{N},
 
 which is exactly unbiased when the reference is Gaussian and the candidates are independent of it. When the
-candidates reuse the reference's texts row for row (the text-to-image protocol of the official code, detected
-because then ``M = N`` and ``T_y = D_y`` exactly), the text term is already exact and the joint term is corrected
-by a regression argument instead (``(N - D_z - 2) T_r / N - D_x (1 + D_y) / N`` for the conditional term
-``T_r = T_z - T_y``); the captioning protocol (shared images) is handled symmetrically.
+candidates reuse the reference's texts (the text-to-image protocol of the official code, detected by
+:func:`shared_modality` because then ``M = N`` and the candidates' text moments equal the reference's), the text
+term is already exact and the joint term is corrected by a regression argument instead
+(``(N - D_z - 2) T_r / N - D_x (1 + D_y) / N`` for the conditional term ``T_r = T_z - T_y``); the captioning
+protocol (shared images) is handled symmetrically. Candidates that reuse both the reference's images and its texts,
+paired differently (shuffled captions), get a correction of their own, and the reference's own pairs get ``I`` alone.
 
 **Standard error.** ``MID - I`` is the mean over candidates of a quadratic form ``q(z_hat)/2`` with a matrix fixed by
 the reference. Its variance over candidates is taken under a Gaussian model of the candidates (from their mean and
@@ -43,6 +45,7 @@ from torch import Tensor
 
 from mid_metric import moments
 from mid_metric.result import MIDResult
+from mid_metric.validation import check_finite_result
 
 if TYPE_CHECKING:  # functional imports this module, so only the type is needed here
     from mid_metric.functional import GaussianReference
@@ -163,6 +166,24 @@ def _image_factor(reference: GaussianReference) -> Tensor:
     return reference.chol_joint[: reference.dim_image, : reference.dim_image]
 
 
+def _whitened_scatter(reference: GaussianReference, candidate_scatter: Tensor) -> tuple[Tensor, Tensor]:
+    """Return ``Lz^-1 S_hat Lz^-T`` and ``Ly^-1 S_hat_y Ly^-T`` for the reference's Cholesky factors ``Lz`` and ``Ly``.
+
+    The leading ``Dx`` block of the first is ``Lx^-1 S_hat_x Lx^-T``, because ``Lz`` is lower triangular.
+    """
+    dx = reference.dim_image
+    joint = torch.linalg.solve_triangular(reference.chol_joint, candidate_scatter, upper=False)
+    joint = torch.linalg.solve_triangular(reference.chol_joint, joint.mT, upper=False)
+    text = torch.linalg.solve_triangular(reference.chol_text, candidate_scatter[dx:, dx:], upper=False)
+    text = torch.linalg.solve_triangular(reference.chol_text, text.mT, upper=False)
+    return joint, text
+
+
+def _traces_of(reference: GaussianReference, joint: Tensor, text: Tensor) -> BlockTraces:
+    dx = reference.dim_image
+    return BlockTraces(joint[:dx, :dx].diagonal().sum(), text.diagonal().sum(), joint.diagonal().sum())
+
+
 def block_traces(reference: GaussianReference, candidate_scatter: Tensor) -> BlockTraces:
     """Return the three traces of MID's distance term for a candidate covariance about the reference mean.
 
@@ -177,43 +198,95 @@ def block_traces(reference: GaussianReference, candidate_scatter: Tensor) -> Blo
         >>> [t.item() for t in block_traces(ref, 2 * eye)]
         [2.0, 4.0, 6.0]
     """
+    return _traces_of(reference, *_whitened_scatter(reference, candidate_scatter))
+
+
+# Largest Frobenius norm of ``L^-1 S_hat L^-T - I`` (per unit of sqrt(block size)) at which a block of the candidates
+# counts as the reference's own rows. Rows that are the same up to summation order differ by rounding (1e-12 or less
+# here even for CLIP-like spectra); an independent sample differs by about sqrt(2 / N) per entry, which stays above
+# 1e-6 up to N = 1e12.
+_SAME_ROWS_TOLERANCE = 1e-6
+
+
+def _is_identity(whitened: Tensor) -> bool:
+    dim = whitened.shape[0]
+    gap = whitened - torch.eye(dim, dtype=whitened.dtype, device=whitened.device)
+    return float(torch.linalg.matrix_norm(gap)) <= _SAME_ROWS_TOLERANCE * math.sqrt(dim)
+
+
+def _shared_from_whitened(
+    reference: GaussianReference, joint: Tensor, text: Tensor, num_candidates: int
+) -> Optional[str]:
+    if num_candidates != reference.count:
+        return None
     dx = reference.dim_image
-    whitened = torch.linalg.solve_triangular(reference.chol_joint, candidate_scatter, upper=False)
-    whitened = torch.linalg.solve_triangular(reference.chol_joint, whitened.mT, upper=False)
-    text = torch.linalg.solve_triangular(reference.chol_text, candidate_scatter[dx:, dx:], upper=False)
-    text = torch.linalg.solve_triangular(reference.chol_text, text.mT, upper=False)
-    return BlockTraces(whitened[:dx, :dx].diagonal().sum(), text.diagonal().sum(), whitened.diagonal().sum())
+    if _is_identity(joint):
+        return "both"
+    text_shared, image_shared = _is_identity(text), _is_identity(joint[:dx, :dx])
+    if text_shared and image_shared:
+        return "repaired"
+    if text_shared:
+        return "text"
+    if image_shared:
+        return "image"
+    return None
 
 
-def shared_modality(reference: GaussianReference, traces: BlockTraces, num_candidates: int) -> Optional[str]:
-    """Detect candidates that reuse the reference's texts (``"text"``) or images (``"image"``) row for row.
+def _repaired_distance(reference: GaussianReference, traces: BlockTraces, dof: int) -> Tensor:
+    """Corrected distance term for candidates made of the reference's images and texts, paired differently.
 
-    With ``M = N`` and the same texts, ``S_hat_y = S_y`` and so ``T_y = D_y`` to rounding; an independent sample
-    misses that by about ``sqrt(2 D_y / N)``. Returns ``"both"`` when candidates and reference are the same pairs,
-    and ``None`` for independent candidates.
+    Both own terms are exact (``T_x = D_x``, ``T_y = D_y``), so the plug-in distance is ``d = (D_x + D_y - T_z) / 2``.
+    With ``t = tr(S_{y|x}^-1 S_yx S_x^-1 S_xy)`` (the sample's sum of ``rho_k^2 / (1 - rho_k^2)`` over its canonical
+    correlations) and ``a = 1 + d / t`` the fraction of the reference's pairing that the candidates keep,
+    ``E[t] = (n tau + D_x D_y) / (n - D_z - 1)`` under a Gaussian reference, which gives the unbiased
+    ``(n - D_z - 1) d / n + (1 - a) D_x D_y / n`` (docs/bias_correction.md, section 4).
+    """
+    dx, dz = reference.dim_image, reference.chol_joint.shape[0]
+    dy = dz - dx
+    regression = torch.linalg.solve_triangular(
+        reference.chol_joint[dx:, dx:], reference.chol_joint[dx:, :dx], upper=False
+    )
+    canonical = regression.square().sum()
+    plug_in = 0.5 * (dx + dy - traces.joint)
+    unpaired = (-plug_in / canonical).clamp(min=0.0, max=1.0) if float(canonical) > 0.0 else plug_in.new_zeros(())
+    return ((dof - dz - 1) * plug_in + unpaired * dx * dy) / dof
+
+
+def shared_modality(reference: GaussianReference, candidate_scatter: Tensor, num_candidates: int) -> Optional[str]:
+    """Detect candidates that reuse the reference's texts (``"text"``), images (``"image"``) or pairs (``"both"``).
+
+    The decision compares second moments, not traces: a block counts as shared when the candidates' scatter
+    about the reference mean, whitened by the reference covariance, is the identity to rounding
+    (``S_hat_b = S_b``, with ``M = N``). A trace alone cannot tell the reference's rows from other rows with the
+    same trace, nor the reference's pairs from its images and texts paired differently (shuffled captions have
+    exactly the reference's image and text blocks, but not its joint block). The estimator is a function of the
+    moments, which do not depend on row order, so neither does this test: it sees the *multisets* of texts,
+    images and pairs. Candidates whose text and image blocks are both the reference's but whose joint block is not
+    (the reference's images and captions, paired differently, e.g. shuffled) are ``"repaired"``.
+
+    Args:
+        reference: The fitted reference Gaussian.
+        candidate_scatter: ``S_hat``, the candidates' scatter about the reference mean divided by ``M - 1``.
+        num_candidates: ``M``.
+
+    Returns:
+        ``"both"``, ``"repaired"``, ``"text"``, ``"image"`` or ``None`` (independent candidates).
 
     Example:
         >>> from mid_metric.functional import reference_from_moments
         >>> z = torch.randn(40, 4, dtype=torch.float64)
         >>> ref = reference_from_moments(moments.from_features(z), dim_image=2)
-        >>> z_hat = torch.cat([z[:, :2] + 1.0, z[:, 2:]], dim=1)  # new images, the reference's texts
-        >>> _, scatter = moments.mean_and_scatter(moments.from_features(z_hat), center=ref.mean)
-        >>> shared_modality(ref, block_traces(ref, scatter / 39), 40)
+        >>> def detect(z_hat):
+        ...     _, scatter = moments.mean_and_scatter(moments.from_features(z_hat), center=ref.mean)
+        ...     return shared_modality(ref, scatter / 39, 40)
+        >>> detect(torch.cat([z[:, :2] + 1.0, z[:, 2:]], dim=1))  # new images, the reference's texts
         'text'
+        >>> detect(torch.cat([z[:, :2], z[torch.randperm(40), 2:]], dim=1))  # shuffled captions
+        'repaired'
+        >>> detect(z[torch.randperm(40)])  # the reference's pairs, in another order
+        'both'
     """
-    if num_candidates != reference.count:
-        return None
-    dx = reference.dim_image
-    dy = reference.chol_text.shape[0]
-    text = abs(float(traces.text) - dy) <= 1e-6 * dy
-    image = abs(float(traces.image) - dx) <= 1e-6 * dx
-    if text and image:
-        return "both"
-    if text:
-        return "text"
-    if image:
-        return "image"
-    return None
+    return _shared_from_whitened(reference, *_whitened_scatter(reference, candidate_scatter), num_candidates)
 
 
 def check_bias_correction(bias_correction: object, eps: float) -> bool:
@@ -299,15 +372,18 @@ def corrected_divergence(reference: GaussianReference, candidate_packed: Tensor)
     _check_corrected_count(count, dz)
     dof = count - 1
     _, scatter = moments.mean_and_scatter(candidate_packed, center=reference.mean)
-    traces = block_traces(reference, scatter / (num_candidates - 1))
+    joint, text = _whitened_scatter(reference, scatter / (num_candidates - 1))
+    traces = _traces_of(reference, joint, text)
     mutual_info = reference.mutual_information - mutual_information_bias(dx, dy, count)
 
     def independent(trace: Tensor, dim: int) -> Tensor:
         return (dof - dim - 1) / dof * (num_candidates - 1) / num_candidates * trace - dim / count
 
-    shared = shared_modality(reference, traces, num_candidates)
+    shared = _shared_from_whitened(reference, joint, text, num_candidates)
     if shared == "both":
         distance = torch.zeros_like(mutual_info)
+    elif shared == "repaired":
+        distance = _repaired_distance(reference, traces, dof)
     elif shared in ("text", "image"):
         # The shared modality's own term is exact; the conditional term of the other one given it is corrected
         # by a regression argument, and its own term for its correlation with the reference through the shared
@@ -445,7 +521,8 @@ def with_confidence_interval(
         include_reference: Add the reference's first-order sampling noise to the standard error.
 
     Raises:
-        ValueError: If ``level`` is not in ``(0, 1)``.
+        ValueError: If ``level`` is not in ``(0, 1)``, or the standard error is not finite in float64 (candidates
+            extremely far from the reference).
 
     Example:
         >>> from mid_metric.functional import reference_from_moments
@@ -458,7 +535,9 @@ def with_confidence_interval(
     """
     if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
         raise ValueError(f"`level` must be a number in (0, 1), got {level!r}.")
-    se = standard_error(reference, candidate_packed, result.bias_corrected, include_reference)
+    se = check_finite_result(
+        standard_error(reference, candidate_packed, result.bias_corrected, include_reference), "The standard error"
+    )
     quantile = float(torch.special.ndtri(torch.tensor((1.0 + float(level)) / 2.0, dtype=torch.float64)))
     return MIDResult(
         result.mid,

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from mid_metric import bias, moments
 from mid_metric.result import MIDResult
-from mid_metric.validation import check_eps, check_pairs
+from mid_metric.validation import check_eps, check_finite_result, check_pairs
 
 __all__ = [
     "GaussianReference",
@@ -399,4 +399,4 @@ def pointwise_mutual_information(
     """
     reference = _reference_of(reference_images, reference_texts, check_eps(eps))
     images, texts = check_pairs(images, texts, reference.dim_image, reference.chol_text.shape[0])
-    return pointwise_mutual_information_from_reference(reference, images, texts)
+    return check_finite_result(pointwise_mutual_information_from_reference(reference, images, texts), "PMI")

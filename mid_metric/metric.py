@@ -21,13 +21,24 @@ from mid_metric.functional import (
     reference_from_moments,
 )
 from mid_metric.result import MIDResult
-from mid_metric.sync import all_reduce_moments
-from mid_metric.validation import check_eps, check_pairs
+from mid_metric.sync import sync_state
+from mid_metric.validation import (
+    check_eps,
+    check_finite_result,
+    check_packed_moments,
+    check_pairs,
+    check_state_format,
+    same_state_format,
+    state_format,
+)
 
 FeatureSpec = Union[int, tuple[int, int], str, tuple[Any, Any], Callable[..., Any], Any]
 ReferencePath = Union[str, "os.PathLike[str]"]
 _EXTRACTOR_PREFIX = "feature_extractor."
 _LOADED_REFERENCE_KEY = "loaded_reference_moments"
+_FORMAT_KEY = "state_format"
+_MOMENT_KEYS = ("reference_moments", "candidate_moments")
+_EXTRA_STATE_KEY = "_extra_state"
 
 
 def _are_features(images: object, texts: object) -> bool:
@@ -119,6 +130,7 @@ class MutualInformationDivergence(Metric):
     plot_lower_bound: Optional[float] = None
     plot_upper_bound: Optional[float] = None
 
+    state_format: Tensor
     reference_moments: Tensor
     candidate_moments: Tensor
 
@@ -134,8 +146,9 @@ class MutualInformationDivergence(Metric):
         **kwargs: Any,
     ) -> None:
         if kwargs.get("dist_sync_fn") is None:
-            # All-reduce the packed moments: sync traffic of one state's size, not world_size states (see sync.py).
-            kwargs["dist_sync_fn"] = all_reduce_moments
+            # All-reduce the packed moments: sync traffic of one state's size, not world_size states; the format
+            # record is compared across ranks first (see sync.py).
+            kwargs["dist_sync_fn"] = sync_state
         super().__init__(**kwargs)
         self.eps = check_eps(eps)
         self.bias_correction = bias.check_bias_correction(bias_correction, self.eps)
@@ -158,6 +171,11 @@ class MutualInformationDivergence(Metric):
         self.reset_real_features = reset_real_features
         self.validate_args = bool(validate_args)
         joint_dim = self.image_dim + self.text_dim
+        # [format version, image_dim, text_dim]: lets state_dict, merge_state and the DDP sync refuse statistics of
+        # another feature split. Added first, so the sync compares it before it reduces any statistics.
+        self.add_state(
+            _FORMAT_KEY, state_format(self.image_dim, self.text_dim), dist_reduce_fx=same_state_format, persistent=True
+        )
         # Packed (count, shift, shifted sum, shifted outer-product sum) per group; see mid_metric.moments.
         self.add_state(
             "reference_moments", moments.empty_moments(joint_dim), dist_reduce_fx=moments.merge, persistent=True
@@ -167,7 +185,9 @@ class MutualInformationDivergence(Metric):
         )
         # Batches seen per group since its last reset (host side), to recentre the shift after batch 1, 2, 4, ...
         self._batches_seen = {"reference": 0, "candidate": 0}
-        self._reference_cache: Optional[tuple[Tensor, int, Tensor, int, GaussianReference]] = None
+        # (reference state, loaded statistics, fitted Gaussian); `update(real=True)` clears it, and any other change
+        # replaces one of the two tensors, which the identity check sees.
+        self._reference_cache: Optional[tuple[Tensor, Tensor, GaussianReference]] = None
         self._last_result: Optional[MIDResult] = None
         self._ci_inputs: Optional[tuple[GaussianReference, Tensor]] = None  # set by compute()
         # Statistics loaded from a reference file. They are kept apart from the synced state, so that under DDP,
@@ -217,9 +237,16 @@ class MutualInformationDivergence(Metric):
         joint = self._joint_features(images, texts)
         if joint.shape[0] == 0:
             return
-        state = self.reference_moments if real else self.candidate_moments
-        moments.accumulate_(state, joint)
         group = "reference" if real else "candidate"
+        state = getattr(self, f"{group}_moments")
+        if state.is_inference() and not torch.is_inference_mode_enabled():
+            # A reset() under torch.inference_mode() (as in Lightning's validation) made inference tensors, which
+            # cannot be updated in place outside that mode; continue on an ordinary copy.
+            state = state.clone()
+            setattr(self, f"{group}_moments", state)
+        moments.accumulate_(state, joint)
+        if real:
+            self._reference_cache = None
         self._batches_seen[group] += 1
         seen = self._batches_seen[group]
         if seen & (seen - 1) == 0:  # a power of two: keep the shift close to the mean (see moments.recentre_)
@@ -230,16 +257,10 @@ class MutualInformationDivergence(Metric):
         """Return the reference Gaussian of the current state, refactorised only when that state changed."""
         state, loaded = self.reference_moments, self._loaded_reference
         cached = self._reference_cache
-        if (
-            cached is not None
-            and cached[0] is state
-            and cached[1] == state._version
-            and cached[2] is loaded
-            and cached[3] == loaded._version
-        ):
-            return cached[4]
+        if cached is not None and cached[0] is state and cached[1] is loaded:
+            return cached[2]
         reference = reference_from_moments(self._reference_statistics(), self.image_dim, self.eps)
-        self._reference_cache = (state, state._version, loaded, loaded._version, reference)
+        self._reference_cache = (state, loaded, reference)
         return reference
 
     def _reference_statistics(self) -> Tensor:
@@ -346,9 +367,11 @@ class MutualInformationDivergence(Metric):
         self._check_device()
         joint = self._joint_features(images, texts)
         reference = self._fitted_reference()
-        return pointwise_mutual_information_from_reference(
+        values = pointwise_mutual_information_from_reference(
             reference, joint[:, : self.image_dim], joint[:, self.image_dim :]
         )
+        check_finite_result(values, "PMI")
+        return values
 
     # ------------------------------------------------------- torchmetrics hooks
     def forward(self, images: Any, texts: Any, real: bool) -> Optional[Tensor]:
@@ -396,10 +419,23 @@ class MutualInformationDivergence(Metric):
         """
         return dict(self._batches_seen)
 
-    def set_extra_state(self, state: Any) -> None:
-        """Restore the batch counters saved by :meth:`get_extra_state` (``load_state_dict`` calls this)."""
+    def _check_extra_state(self, state: Any) -> None:
         if not isinstance(state, dict):
-            raise TypeError(f"The extra state of MutualInformationDivergence must be a dict, got {type(state)}.")
+            raise ValueError(f"The extra state of MutualInformationDivergence must be a dict, got {type(state)}.")
+        for group, value in state.items():
+            if group not in self._batches_seen or isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(
+                    "The extra state of MutualInformationDivergence maps 'reference' and 'candidate' to batch counts"
+                    f" (whole numbers >= 0), got {state!r}."
+                )
+
+    def set_extra_state(self, state: Any) -> None:
+        """Restore the batch counters saved by :meth:`get_extra_state` (``load_state_dict`` calls this).
+
+        Raises:
+            ValueError: If ``state`` is not a dict of batch counts.
+        """
+        self._check_extra_state(state)
         for group in self._batches_seen:
             if group in state:
                 self._batches_seen[group] = int(state[group])
@@ -431,46 +467,103 @@ class MutualInformationDivergence(Metric):
         """
         return self._plot(val, ax)
 
+    def _check_incoming_moments(self, incoming: dict[str, Any], where: str) -> dict[str, Tensor]:
+        """Check every state in ``incoming`` (keys without prefix) and return float64 copies on this device.
+
+        Nothing is changed here, so a caller that applies the result only after this returns changes nothing on
+        error.
+        """
+        device = self.reference_moments.device
+        checked: dict[str, Tensor] = {}
+        if _FORMAT_KEY in incoming:
+            checked[_FORMAT_KEY] = check_state_format(incoming[_FORMAT_KEY], where + _FORMAT_KEY, self.state_format)
+        joint_dim = self.image_dim + self.text_dim
+        for key in (*_MOMENT_KEYS, _LOADED_REFERENCE_KEY):
+            if key in incoming:
+                packed = check_packed_moments(incoming[key], where + key, joint_dim)
+                checked[key] = packed.to(device=device, dtype=torch.float64, copy=True)
+        return checked
+
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
-        """Merge another metric's (or a ``metric_state`` dict's) statistics into this one (exact, Chan-style)."""
-        super().merge_state(incoming_state)
+        """Merge another metric's (or a ``metric_state`` dict's) statistics into this one (exact, Chan-style).
+
+        The incoming states are checked first (all states present, the same ``state_format``, which records the
+        ``(image_dim, text_dim)`` split, valid moments); when one fails, this raises and nothing is merged.
+        Statistics loaded from a reference file are not merged (each metric loads its own file).
+
+        Raises:
+            ValueError: If ``incoming_state`` is neither a dict nor a metric of this class, lacks a state, or holds
+                a state of another layout or an invalid one.
+        """
+        if isinstance(incoming_state, Metric):
+            if not isinstance(incoming_state, type(self)):
+                raise ValueError(
+                    f"`incoming_state` must be a {type(self).__name__} or a dict of its states, got"
+                    f" {type(incoming_state).__name__}."
+                )
+            incoming_state = incoming_state.metric_state
+        if not isinstance(incoming_state, dict):
+            raise ValueError(
+                f"`incoming_state` must be a {type(self).__name__} or a dict of its states, got"
+                f" {type(incoming_state).__name__}."
+            )
+        missing = [key for key in self._defaults if key not in incoming_state]
+        if missing:
+            raise ValueError(
+                f"`incoming_state` lacks the state(s) {missing}; pass another metric's `metric_state` (mid-metric"
+                " 0.1 states have no `state_format`: load them into a metric with `load_state_dict` first)."
+            )
+        checked = self._check_incoming_moments({key: incoming_state[key] for key in self._defaults}, "incoming ")
+        super().merge_state(checked)
         # torchmetrics keeps the value of an earlier compute() after a merge; it is stale now.
         self._computed = None
         self._last_result = None
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        loaded_reference = state_dict.pop(prefix + _LOADED_REFERENCE_KEY, None)
-        if loaded_reference is not None:
-            expected = self._loaded_reference.shape
-            if not isinstance(loaded_reference, Tensor) or loaded_reference.shape != expected:
-                raise ValueError(
-                    f"Cannot load `{prefix + _LOADED_REFERENCE_KEY}`: expected packed moments of shape"
-                    f" {tuple(expected)}, got {getattr(loaded_reference, 'shape', type(loaded_reference))}."
-                )
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Check every state of this metric in ``state_dict`` first, then load them all (or none).
+
+        A checkpoint of mid-metric 0.1 has no ``state_format``; it loads, with only the total dimension checked.
+        """
+        ours = {
+            key: state_dict[prefix + key]
+            for key in (*self._defaults, _LOADED_REFERENCE_KEY)
+            if prefix + key in state_dict
+        }
+        missing = [prefix + key for key in (*_MOMENT_KEYS,) if key not in ours]
+        if strict and missing:
+            missing_keys.extend(missing)  # load_state_dict raises, listing them; nothing of this metric is loaded
+            return
+        checked = self._check_incoming_moments(ours, prefix)
+        if _FORMAT_KEY not in checked:  # a 0.1 checkpoint
+            checked[_FORMAT_KEY] = self.state_format.clone()
+        extra = state_dict.get(prefix + _EXTRA_STATE_KEY)
+        if extra is not None:
+            self._check_extra_state(extra)
+        # Everything is valid: apply. The popped keys are this metric's; the rest (the extractor's weights, which
+        # are never saved, and the extra state) goes through nn.Module's loading.
+        for key in ours:
+            state_dict.pop(prefix + key)
         if self.feature_extractor is not None:
-            # The extractor's weights are not saved (see state_dict); supply its own so strict loading passes.
             extractor_prefix = prefix + _EXTRACTOR_PREFIX
             for key, value in self.feature_extractor.state_dict(prefix=extractor_prefix, keep_vars=True).items():
                 state_dict.setdefault(key, value)
         for key in self._defaults:
-            name = prefix + key
-            if name not in state_dict:
-                continue
-            current = getattr(self, key)
-            loaded = state_dict[name]
-            if not isinstance(loaded, Tensor) or loaded.shape != current.shape:
-                raise ValueError(
-                    f"Cannot load `{name}`: expected packed moments of shape {tuple(current.shape)} for feature"
-                    f" ({self.image_dim}, {self.text_dim}), got {getattr(loaded, 'shape', type(loaded))}."
-                )
-            # torchmetrics would adopt the caller's tensor itself; the state is updated in place, so take a float64
-            # copy on this metric's device instead (a checkpoint loaded twice must not share one state).
-            state_dict[name] = loaded.to(device=current.device, dtype=torch.float64, copy=True)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if loaded_reference is not None:
-            self._loaded_reference = loaded_reference.to(
-                device=self.reference_moments.device, dtype=torch.float64, copy=True
-            )
+            if key in checked:
+                setattr(self, key, checked[key])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if _LOADED_REFERENCE_KEY in checked:
+            self._loaded_reference = checked[_LOADED_REFERENCE_KEY]
             self._loaded_count = int(self._loaded_reference[0])
         self._computed = None  # a value cached before the load is stale
         self._last_result = None

@@ -15,6 +15,12 @@ payload is exactly one state's size, whatever the number of samples or ranks:
 It returns a one-element list holding the merged state, so that the state's ``dist_reduce_fx``
 (:func:`mid_metric.moments.merge`) is an identity on it. A rank that has seen no samples contributes zeros, and when
 no rank has seen any, the result is an empty state on every rank.
+
+:func:`sync_state`, the metric's ``dist_sync_fn``, also handles the metric's small integer ``state_format`` record
+(format version, image and text dimensions). torchmetrics syncs the states in the order they were added, and the
+record is added first, so it is gathered and compared before any packed state is reduced: ranks built with another
+feature split then all raise the same clear error, instead of aborting inside the collective (a size mismatch) or
+silently mixing statistics of different splits (the same total size).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mid_metric import moments
+from mid_metric import moments, validation
 
 
 def all_reduce_moments(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
@@ -48,7 +54,7 @@ def all_reduce_moments(tensor: Tensor, group: Optional[Any] = None) -> list[Tens
 
     Example:
         >>> import torch
-        >>> from mid_metric import moments
+        >>> from mid_metric import moments, validation
         >>> state = moments.from_features(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
         >>> merged, = all_reduce_moments(state)   # one process here, so a copy comes back
         >>> torch.equal(merged, state)
@@ -92,3 +98,48 @@ def all_reduce_moments(tensor: Tensor, group: Optional[Any] = None) -> list[Tens
     merged[1 : 1 + dim] = common
     merged[1 + dim :] = second
     return [merged]
+
+
+def _gather(tensor: Tensor, group: Optional[Any]) -> list[Tensor]:
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, tensor.contiguous(), group=group)
+    return parts
+
+
+def sync_state(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
+    """Sync one state of :class:`~mid_metric.MutualInformationDivergence` across processes (its ``dist_sync_fn``).
+
+    Packed float64 moments are merged by :func:`all_reduce_moments`. The int64 ``state_format`` record is gathered
+    from every rank and checked: when the ranks disagree, every rank raises the same ``ValueError``.
+
+    Args:
+        tensor: A state of the metric.
+        group: Process group; ``None`` means the default group.
+
+    Returns:
+        The merged moments (one tensor), or the gathered records (one per rank).
+
+    Raises:
+        ValueError: If the ranks' records differ.
+
+    Example:
+        >>> import torch
+        >>> from mid_metric.validation import state_format
+        >>> sync_state(state_format(4, 4))[0].tolist()   # one process here, so a copy comes back
+        [2, 4, 4]
+    """
+    if tensor.dtype != torch.int64:
+        return all_reduce_moments(tensor, group)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [tensor.clone()]
+    gathered = _gather(tensor, group)
+    stacked = torch.stack(gathered)
+    if not bool((stacked == stacked[0]).all()):
+        described = "; ".join(
+            f"rank {rank}: {validation.describe_state_format(record)}" for rank, record in enumerate(gathered)
+        )
+        raise ValueError(
+            "The processes built MutualInformationDivergence with different feature sizes, so their statistics"
+            f" cannot be combined ({described}). Build the metric with the same `feature` on every rank."
+        )
+    return gathered

@@ -168,14 +168,102 @@ def test_shared_modality_detection():
     def detect(cand: torch.Tensor) -> object:
         m = int(moments.unpack(cand).count)
         _, scatter = moments.mean_and_scatter(cand, center=ref.mean)
-        return bias.shared_modality(ref, bias.block_traces(ref, scatter / (m - 1)), m)
+        return bias.shared_modality(ref, scatter / (m - 1), m)
 
+    perm = torch.randperm(60, generator=g)
     assert detect(packed(model.images_for(y, g), y)) == "text"
     assert detect(packed(x, model.images_for(x, g))) == "image"
     assert detect(packed(x, y)) == "both"
+    assert detect(packed(x[perm], y[perm])) == "both"  # the same pairs in another order
+    assert detect(packed(x[perm], y)) == "repaired"  # the reference's images and texts, paired differently
+    assert detect(packed(x, y[perm])) == "repaired"
     x2, y2 = model.reference(60, g)
     assert detect(packed(x2, y2)) is None
     assert detect(packed(model.images_for(y[:59], g), y[:59])) is None  # a subset is not the same rows
+    # Texts with exactly the reference's text trace but other rows: stretch one whitened direction, shrink another.
+    chol_y, mean_y = ref.chol_text, ref.mean[3:]
+    stretch = torch.tensor([1.2, math.sqrt(2.0 - 1.44), 1.0], dtype=F64)
+    whitened = torch.linalg.solve_triangular(chol_y, (y - mean_y).mT, upper=False)
+    same_trace = mean_y + (chol_y @ (stretch.unsqueeze(1) * whitened)).mT
+    assert abs(float(bias.block_traces(ref, packed_cov(x, same_trace, ref)).text) - 3.0) < 1e-9  # fools a trace
+    assert detect(packed(model.images_for(same_trace, g), same_trace)) is None
+
+
+def packed_cov(x: torch.Tensor, y: torch.Tensor, ref) -> torch.Tensor:
+    cand = packed(x, y)
+    _, scatter = moments.mean_and_scatter(cand, center=ref.mean)
+    return scatter / (int(moments.unpack(cand).count) - 1)
+
+
+# Population MID for the shared-row protocols below: x ~ N(0, I_D), y = RHO x + sqrt(1 - RHO^2) e per coordinate, so
+# I = -D/2 log(1 - RHO^2). Candidates whose images are independent of their captions (shuffled, or new unrelated
+# images) have C0 = blockdiag(I, I), hence distance = (2D - D * 2 / (1 - RHO^2)) / 2; aligned candidates (identical
+# pairs, or images generated from the captions by the reference's own law) have distance 0; half-shuffled ones are
+# the 50/50 mixture, and MID* is linear in C0.
+RHO, SHARED_DIM = 0.6, 4
+_SHARED_MI = -0.5 * SHARED_DIM * math.log(1 - RHO**2)
+_UNALIGNED = _SHARED_MI + 0.5 * (2 * SHARED_DIM - SHARED_DIM * 2 / (1 - RHO**2))
+SHARED_ROW_TRUTH = {
+    "identical": _SHARED_MI,
+    "shuffled": _UNALIGNED,
+    "half_shuffled": 0.5 * (_SHARED_MI + _UNALIGNED),
+    "independent": _UNALIGNED,
+    "generated": _SHARED_MI,
+}
+
+
+def _correlated(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.randn(n, SHARED_DIM, dtype=F64, generator=g)
+    return x, RHO * x + math.sqrt(1 - RHO**2) * torch.randn(n, SHARED_DIM, dtype=F64, generator=g)
+
+
+def _shared_row_candidates(case: str, kept: torch.Tensor, other: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The candidates' other modality: ``kept`` is the shared block (captions or images), ``other`` its partner."""
+    n = kept.shape[0]
+    if case == "identical":
+        return other
+    if case == "shuffled":
+        return other[torch.randperm(n, generator=g)]
+    if case == "half_shuffled":
+        order = torch.arange(n)
+        order[: n // 2] = order[: n // 2][torch.randperm(n // 2, generator=g)]
+        return other[order]
+    if case == "independent":
+        return torch.randn(n, SHARED_DIM, dtype=F64, generator=g)
+    # "generated": new partners drawn from the reference's conditional law given the shared rows
+    return RHO * kept + math.sqrt(1 - RHO**2) * torch.randn(n, SHARED_DIM, dtype=F64, generator=g)
+
+
+@pytest.mark.parametrize("shared", ["captions", "images"])
+@pytest.mark.parametrize("case", list(SHARED_ROW_TRUTH))
+def test_corrected_mid_with_shared_rows_matches_population_value(shared, case):
+    # Regression for 0.1, which took equal image and text traces for "the same pairs" and scored shuffled
+    # captions as perfectly aligned (MID = I, here 0.89 against a population value of -1.36).
+    n, reps = 400, 200
+    g = torch.Generator().manual_seed(31)
+    values = []
+    for _ in range(reps):
+        x, y = _correlated(n, g)
+        if shared == "captions":
+            cand_x, cand_y = _shared_row_candidates(case, y, x, g), y
+        else:
+            cand_x, cand_y = x, _shared_row_candidates(case, x, y, g)
+        values.append(float(mutual_information_divergence(x, y, cand_x, cand_y, bias_correction=True)))
+    values = torch.tensor(values, dtype=F64)
+    sem = float(values.std()) / math.sqrt(reps)
+    assert abs(float(values.mean()) - SHARED_ROW_TRUTH[case]) < 4 * sem + 1e-3
+
+
+def test_issue_reproducer_shuffled_captions_are_not_aligned():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 8, dtype=F64, generator=g)
+    y = 0.6 * x + 0.8 * torch.randn(2000, 8, dtype=F64, generator=g)
+    perm = torch.randperm(2000, generator=g)
+    truth = -4 * math.log(0.64) + 0.5 * (16 - 8 * 2 / 0.64)  # -2.715
+    aligned = float(mutual_information_divergence(x, y, x, y, bias_correction=True))
+    shuffled = float(mutual_information_divergence(x, y, x, y[perm], bias_correction=True))
+    assert abs(aligned - (-4 * math.log(0.64))) < 0.1
+    assert abs(shuffled - truth) < 0.15  # 0.1 returned 1.749, the aligned value
 
 
 def test_same_pairs_give_corrected_mutual_information():

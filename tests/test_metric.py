@@ -21,6 +21,7 @@ from mid_metric import MIDResult, MutualInformationDivergence
 REL = 1e-10
 HARD_ABS = 5e-9
 DX, DY = 6, 5
+MOMENT_STATES = ("reference_moments", "candidate_moments")
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 
@@ -153,9 +154,11 @@ def test_candidates_equal_reference_give_mi(data):
 def test_state_is_constant_size(data):
     x, y, x0, y0 = data
     small, big = filled(x[:20], y[:20], x0[:20], y0[:20]), filled(x, y, x0, y0, 1)
-    for name, value in big.metric_state.items():
+    for name in MOMENT_STATES:
+        value = big.metric_state[name]
         assert value.shape == small.metric_state[name].shape == ((DX + DY + 1) ** 2,)
         assert value.dtype == torch.float64
+    assert big.state_format.tolist() == small.state_format.tolist() == [2, DX, DY]
 
 
 def test_validate_args_false_gives_same_value(data):
@@ -227,7 +230,8 @@ def test_reset_semantics(data):
     first = metric.compute()
     metric.reset()
     assert metric.last_result is None
-    assert all(int(v[0]) == 0 for v in metric.metric_state.values())  # both counts back to 0
+    assert all(int(metric.metric_state[name][0]) == 0 for name in MOMENT_STATES)  # both counts back to 0
+    assert metric.state_format.tolist() == [2, DX, DY]
     with pytest.raises(ValueError, match="reference"):
         metric.compute()
     feed(metric, x, y, True, 64)
@@ -278,7 +282,7 @@ def test_state_dict_with_wrong_feature_size_is_rejected(data):
     saved = filled(x, y, x0, y0).state_dict()
     other = MutualInformationDivergence(feature=(DX, DY + 1))
     before = snapshot(other)
-    with pytest.raises((ValueError, RuntimeError), match="moments"):
+    with pytest.raises((ValueError, RuntimeError), match="feature split"):
         other.load_state_dict(saved)
     assert_same_state(other, before)
 
@@ -307,7 +311,7 @@ def test_input_dtypes_give_float64(data, dtype):
     metric = filled(x, y, x0, y0)
     value = metric.compute()
     assert value.dtype == torch.float64
-    assert all(v.dtype == torch.float64 for v in metric.metric_state.values())
+    assert all(metric.metric_state[name].dtype == torch.float64 for name in MOMENT_STATES)
     assert_rel(value, ref_mid(x, y, x0, y0))  # float64 arithmetic on the rounded inputs
     assert metric.pmi(x0[:3], y0[:3]).dtype == torch.float64
 
@@ -342,11 +346,12 @@ def test_dtype_requests_keep_float64_states(data, convert):
     metric = convert(metric)
     assert_same_state(metric, before)  # no rounding through a lower precision either
     feed(metric, x0[150:], y0[150:], False, 64)
-    assert all(v.dtype == torch.float64 for v in metric.metric_state.values())
+    assert all(metric.metric_state[name].dtype == torch.float64 for name in MOMENT_STATES)
     fresh = convert(MutualInformationDivergence(feature=(DX, DY)))
-    assert all(v.dtype == torch.float64 for v in fresh.metric_state.values())
+    assert all(fresh.metric_state[name].dtype == torch.float64 for name in MOMENT_STATES)
+    assert fresh.state_format.dtype == torch.int64
     metric.reset()  # the defaults stay float64 too
-    assert all(v.dtype == torch.float64 for v in metric.metric_state.values())
+    assert all(metric.metric_state[name].dtype == torch.float64 for name in MOMENT_STATES)
     feed(metric, x, y, True, 64)
     feed(metric, x0, y0, False, 64)
     value = metric.compute()
