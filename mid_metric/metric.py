@@ -531,6 +531,8 @@ class MutualInformationDivergence(Metric):
     ) -> None:
         """Check every state of this metric in ``state_dict`` first, then load them all (or none).
 
+        When ``reference_moments`` or ``candidate_moments`` is missing, nothing of this metric is loaded and the
+        keys are reported as missing (``load_state_dict`` raises with ``strict=True`` and returns them otherwise).
         A checkpoint of mid-metric 0.1 has no ``state_format``; it loads, with only the total dimension checked.
         """
         ours = {
@@ -538,9 +540,9 @@ class MutualInformationDivergence(Metric):
             for key in (*self._defaults, _LOADED_REFERENCE_KEY)
             if prefix + key in state_dict
         }
-        missing = [prefix + key for key in (*_MOMENT_KEYS,) if key not in ours]
-        if strict and missing:
-            missing_keys.extend(missing)  # load_state_dict raises, listing them; nothing of this metric is loaded
+        missing = [prefix + key for key in _MOMENT_KEYS if key not in ours]
+        if missing:  # (nn.Module always passes strict=True here, and applies the caller's choice to missing_keys)
+            missing_keys.extend(missing)
             return
         checked = self._check_incoming_moments(ours, prefix)
         if _FORMAT_KEY not in checked:  # a 0.1 checkpoint

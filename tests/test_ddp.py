@@ -60,6 +60,9 @@ SPLITS = {
 }
 
 
+MISMATCHES = {"other_split": {0: (6, 5), 1: (5, 6)}, "other_size": {0: (6, 5), 1: (6, 6)}}
+
+
 def _fill(metric, data, ranges):
     x, y, x0, y0 = data
     for start, stop in ranges[0]:
@@ -100,6 +103,23 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                 "after": after,
                 "second": second,
             }
+        # Ranks built with another feature split (same total size), or another size: every rank must raise the
+        # same clear error before any statistic is reduced (0.1 mixed the former silently and aborted inside gloo
+        # on the latter), and the processes stay usable afterwards.
+        for scenario, features in MISMATCHES.items():
+            dims = features[rank]
+            metric = MutualInformationDivergence(feature=dims)
+            z = torch.randn(40, sum(dims), generator=torch.Generator().manual_seed(rank))
+            metric.update(z[:, : dims[0]], z[:, dims[0] :], real=True)
+            metric.update(z[:10, : dims[0]], z[:10, dims[0] :], real=False)
+            before = {k: v.clone() for k, v in metric.metric_state.items()}
+            try:
+                metric.compute()
+                report[scenario] = {"error": None}
+            except ValueError as error:
+                report[scenario] = {"error": str(error)}
+            report[scenario]["unchanged"] = all(torch.equal(before[k], v) for k, v in metric.metric_state.items())
+        dist.barrier()
         torch.save(report, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -166,3 +186,13 @@ def test_accumulation_continues_after_compute(reports, scenario):
             assert abs(second - expected) <= HARD_ABS
         else:
             assert second == pytest.approx(expected, rel=REL, abs=0.0)
+
+
+@pytest.mark.parametrize("scenario", list(MISMATCHES))
+def test_ranks_with_different_feature_sizes_all_raise_the_same_error(reports, scenario):
+    errors = [report[scenario]["error"] for report in reports]
+    assert errors[0] is not None and errors[0] == errors[1]
+    assert "different feature sizes" in errors[0]
+    for rank, dims in MISMATCHES[scenario].items():
+        assert f"rank {rank}: state format 2 with (image_dim, text_dim) = {dims}" in errors[0]
+    assert all(report[scenario]["unchanged"] for report in reports)

@@ -184,3 +184,43 @@ def test_validation_without_updates_fails_with_the_metric_error():
     trainer = ex.make_trainer(1, 1, None, [])
     with pytest.raises(ValueError, match="reference"):
         trainer.validate(model, dataloaders=loader, verbose=False)
+
+
+class _ManualReset(L.LightningModule):
+    """Computes and resets the metric itself at the end of each validation epoch (under inference mode)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mid = MutualInformationDivergence(feature=DIM)
+        self.values: list[float] = []
+        self.training_candidates: list[float] = []
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.mid.update(x, y, real=True)
+        self.mid.update(x.flip(0) * 0.9, y, real=False)
+
+    def on_validation_epoch_end(self):
+        self.values.append(self.mid.compute().item())
+        self.mid.reset()
+
+
+def test_validate_twice_with_manual_reset_under_inference_mode():
+    # 0.1 built its reference cache on the tensors' private `_version`, which inference tensors lack: the second
+    # validate() crashed.
+    x, y = ex.make_pairs(128, DIM, seed=11)
+    loader = DataLoader(TensorDataset(x, y), batch_size=BATCH)
+    model = _ManualReset()
+    trainer = ex.make_trainer(1, 1, None, [])
+    trainer.validate(model, dataloaders=loader, verbose=False)
+    trainer.validate(model, dataloaders=loader, verbose=False)
+    flipped = torch.cat([xb.flip(0) * 0.9 for xb in x.split(BATCH)])
+    expected = ref_mid_terms(x, y, flipped, y)[0]
+    assert len(model.values) == 2
+    for value in model.values:
+        assert math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-9)
+    # The states reset under inference mode still accept updates, pmi and compute outside it.
+    model.mid.update(x, y, real=True)
+    model.mid.update(flipped, y, real=False)
+    assert math.isclose(model.mid.compute().item(), expected, rel_tol=1e-9, abs_tol=1e-9)
+    assert model.mid.pmi(x[:4], y[:4]).shape == (4,)
