@@ -6,7 +6,7 @@ CLIP model is requested. (torchmetrics 1.9 itself imports transformers at its ow
 
 from mid_metric import functional
 from mid_metric._version import __version__
-from mid_metric.metric import MutualInformationDivergence
+from mid_metric.metrics import MutualInformationDivergence
 from mid_metric.result import MIDResult
 
 __all__ = ["MutualInformationDivergence", "MIDResult", "functional", "__version__"]

@@ -170,6 +170,71 @@ def _symmetric_from_lower(matrix: Tensor, block: int = 256) -> Tensor:
     return result
 
 
+def joint_rows(images: Tensor, texts: Tensor, device: torch.device | str | None = None) -> Tensor:
+    """Return the float64 rows ``z = [x; y]`` of paired image and text features, on ``device``.
+
+    Example:
+        >>> joint_rows(torch.ones(2, 1, dtype=torch.float16), torch.zeros(2, 2)).tolist()
+        [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
+    """
+    device = images.device if device is None else device
+    return torch.cat([images.to(device=device, dtype=torch.float64), texts.to(device=device, dtype=torch.float64)], 1)
+
+
+def moved_sums(
+    count: Tensor, shift: Tensor, shifted_sum: Tensor, shifted_outer_sum: Tensor, new_shift: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Return the shifted sums of one group about ``new_shift`` instead of ``shift`` (the Chan-style move).
+
+    With ``d = shift - new_shift``: ``sum (v - c) = S1 + n d`` and
+    ``sum (v - c)(v - c)^T = S2 + d S1^T + S1 d^T + n d d^T = S2 + d w^T + w d^T`` with ``w = S1 + n d / 2``. Exact in
+    exact arithmetic; the merge, the DDP sync and the recentring all move sums with it.
+
+    Example:
+        >>> v = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+        >>> fields = unpack(from_features(v))
+        >>> [t.tolist() for t in moved_sums(*fields, torch.zeros(1, dtype=torch.float64))]  # sums about 0
+        [[4.0], [[10.0]]]
+    """
+    offset = shift - new_shift
+    weighted = shifted_sum + 0.5 * count * offset
+    moved_outer = shifted_outer_sum + torch.outer(offset, weighted) + torch.outer(weighted, offset)
+    return shifted_sum + count * offset, moved_outer
+
+
+def recentre_due(batches_seen: int) -> bool:
+    """Whether to recentre a group's shift after its ``batches_seen``-th batch: after the 1st, 2nd, 4th, 8th, ...
+
+    Recentring at powers of two keeps the shift within a factor of two of the data's spread from the mean at an
+    ``O(D^2 log B)`` cost for ``B`` batches, so a first batch of one sample costs no precision.
+
+    Example:
+        >>> [n for n in range(1, 20) if recentre_due(n)]
+        [1, 2, 4, 8, 16]
+    """
+    return batches_seen > 0 and batches_seen & (batches_seen - 1) == 0
+
+
+def accumulate_batch_(packed: Tensor, features: Tensor, batches_seen: int) -> Tensor:
+    """Add the group's ``batches_seen``-th batch (counting this one) in place, and recentre when it is due.
+
+    This is the one update rule of the metric's statistics: :func:`accumulate_`, then :func:`recentre_` on the
+    schedule of :func:`recentre_due`. The schedule depends only on the batch number, which the metric keeps on the
+    host, so the update needs no host synchronisation.
+
+    Example:
+        >>> state = empty_moments(1)
+        >>> for number, batch in enumerate([[[0.0]], [[2.0]], [[4.0]]], start=1):
+        ...     _ = accumulate_batch_(state, torch.tensor(batch), number)
+        >>> unpack(state).shift.tolist(), mean_and_scatter(state)[1].tolist()  # recentred after batch 2
+        ([1.0], [[8.0]])
+    """
+    accumulate_(packed, features)
+    if features.shape[0] > 0 and recentre_due(batches_seen):
+        recentre_(packed)
+    return packed
+
+
 def recentre_(packed: Tensor) -> Tensor:
     """Move the shift of a packed moments tensor to its current mean, in place.
 
@@ -185,11 +250,11 @@ def recentre_(packed: Tensor) -> Tensor:
         (True, [4.0])
     """
     fields = unpack(packed)
-    count = fields.count.clamp(min=1.0)
-    # With d = s - mean and S1 = -n d: S2 + d S1^T + S1 d^T + n d d^T = S2 - S1 S1^T / n.
-    fields.shifted_outer_sum.sub_(torch.outer(fields.shifted_sum, fields.shifted_sum / count))
-    fields.shift.add_(fields.shifted_sum / count)
-    fields.shifted_sum.zero_()
+    mean = fields.shift + fields.shifted_sum / fields.count.clamp(min=1.0)
+    _, moved_outer = moved_sums(*fields, mean)  # S2 - S1 S1^T / n
+    fields.shifted_outer_sum.copy_(moved_outer)
+    fields.shift.copy_(mean)
+    fields.shifted_sum.zero_()  # the sum about the mean, exactly
     return packed
 
 
@@ -234,25 +299,17 @@ def merge(stacked: Tensor) -> Tensor:
     outer_sums = stacked[:, 1 + 2 * dim :].reshape(-1, dim, dim)
 
     total = counts.sum()
-    safe_counts = counts.clamp(min=1.0).unsqueeze(1)
-    part_means = shifts + sums / safe_counts
+    part_means = shifts + sums / counts.clamp(min=1.0).unsqueeze(1)
     common = (counts.unsqueeze(1) * part_means).sum(dim=0) / total.clamp(min=1.0)
-    # Move each part from its own shift s_k to the common shift c: with d = s_k - c,
-    # sum (v - c) = S1 + n d and sum (v - c)(v - c)^T = S2 + d S1^T + S1 d^T + n d d^T.
-    offsets = shifts - common
-    weighted = sums + 0.5 * counts.unsqueeze(1) * offsets
-    outer = (
-        outer_sums.sum(dim=0)
-        + torch.einsum("ki,kj->ij", offsets, weighted)
-        + torch.einsum("ki,kj->ij", weighted, offsets)
-    )
 
-    merged = torch.empty_like(stacked[0])
+    merged = torch.zeros_like(stacked[0])
     fields = unpack(merged)
     fields.count.copy_(total)
     fields.shift.copy_(common)
-    fields.shifted_sum.copy_((sums + counts.unsqueeze(1) * offsets).sum(dim=0))
-    fields.shifted_outer_sum.copy_(outer)
+    for part in range(stacked.shape[0]):  # move each part to the common shift, then add
+        moved_sum, moved_outer = moved_sums(counts[part], shifts[part], sums[part], outer_sums[part], common)
+        fields.shifted_sum.add_(moved_sum)
+        fields.shifted_outer_sum.add_(moved_outer)
     return merged
 
 

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from mid_metric import moments, validation
+from mid_metric import _checks, moments
 
 
 def all_reduce_moments(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
@@ -54,7 +54,7 @@ def all_reduce_moments(tensor: Tensor, group: Optional[Any] = None) -> list[Tens
 
     Example:
         >>> import torch
-        >>> from mid_metric import moments, validation
+        >>> from mid_metric import _checks, moments
         >>> state = moments.from_features(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
         >>> merged, = all_reduce_moments(state)   # one process here, so a copy comes back
         >>> torch.equal(merged, state)
@@ -80,15 +80,11 @@ def all_reduce_moments(tensor: Tensor, group: Optional[Any] = None) -> list[Tens
     total = first[0]
     common = first[1:] / total.clamp(min=1.0)
 
-    # 2. Move this rank's sums from its own shift s to the common shift c; with d = s - c:
-    #    sum (v - c) = S1 + n d,  sum (v - c)(v - c)^T = S2 + d S1^T + S1 d^T + n d d^T.
-    offset = fields.shift - common
-    weighted = fields.shifted_sum + 0.5 * count * offset
+    # 2. Move this rank's sums from its own shift to the common shift (moments.moved_sums).
+    moved_sum, moved_outer = moments.moved_sums(*fields, common)
     second = torch.empty(dim + dim * dim, dtype=torch.float64, device=tensor.device)
-    second[:dim] = fields.shifted_sum + count * offset
-    second[dim:].view(dim, dim).copy_(
-        fields.shifted_outer_sum + torch.outer(offset, weighted) + torch.outer(weighted, offset)
-    )
+    second[:dim] = moved_sum
+    second[dim:].view(dim, dim).copy_(moved_outer)
 
     # 3. Sum the sums about the common shift.
     dist.all_reduce(second, op=dist.ReduceOp.SUM, group=group)
@@ -124,7 +120,7 @@ def sync_state(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
 
     Example:
         >>> import torch
-        >>> from mid_metric.validation import state_format
+        >>> from mid_metric._checks import state_format
         >>> sync_state(state_format(4, 4))[0].tolist()   # one process here, so a copy comes back
         [2, 4, 4]
     """
@@ -136,7 +132,7 @@ def sync_state(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
     stacked = torch.stack(gathered)
     if not bool((stacked == stacked[0]).all()):
         described = "; ".join(
-            f"rank {rank}: {validation.describe_state_format(record)}" for rank, record in enumerate(gathered)
+            f"rank {rank}: {_checks.describe_state_format(record)}" for rank, record in enumerate(gathered)
         )
         raise ValueError(
             "The processes built MutualInformationDivergence with different feature sizes, so their statistics"

@@ -1,7 +1,8 @@
-"""Checks of user input, shared by the functional API and the metric class.
+"""Every rule on arguments, features, counts and states, each with its one error message.
 
 Every check raises ``TypeError`` or ``ValueError`` with a message that names the offending argument; none of them
-modifies anything, so a failed call leaves a metric's state as it was.
+modifies anything, so a caller that checks everything before it changes anything leaves a metric's state as it was
+when a check fails. The functional API, the metric classes and the command line all call these.
 """
 
 from __future__ import annotations
@@ -72,15 +73,15 @@ def check_features(features: object, name: str, dim: Optional[int] = None, check
 
 
 def check_pairs(
-    images: object, texts: object, dim_x: Optional[int] = None, dim_y: Optional[int] = None, prefix: str = ""
+    images: object, texts: object, image_dim: Optional[int] = None, text_dim: Optional[int] = None, prefix: str = ""
 ) -> tuple[Tensor, Tensor]:
     """Check a batch of (image, text) feature pairs and return them.
 
     Args:
-        images: Image features ``(B, dim_x)``.
-        texts: Text features ``(B, dim_y)``.
-        dim_x: Expected image feature size, or ``None``.
-        dim_y: Expected text feature size, or ``None``.
+        images: Image features ``(B, image_dim)``.
+        texts: Text features ``(B, text_dim)``.
+        image_dim: Expected image feature size, or ``None``.
+        text_dim: Expected text feature size, or ``None``.
         prefix: Prefix of the argument names in messages, such as ``"reference_"``.
 
     Raises:
@@ -93,8 +94,8 @@ def check_pairs(
         ...
         ValueError: `images` and `texts` must hold the same number of pairs, got 3 images and 4 texts.
     """
-    images = check_features(images, f"{prefix}images", dim_x, check_finite=False)
-    texts = check_features(texts, f"{prefix}texts", dim_y, check_finite=False)
+    images = check_features(images, f"{prefix}images", image_dim, check_finite=False)
+    texts = check_features(texts, f"{prefix}texts", text_dim, check_finite=False)
     if images.shape[0] != texts.shape[0]:
         raise ValueError(
             f"`{prefix}images` and `{prefix}texts` must hold the same number of pairs,"
@@ -104,8 +105,8 @@ def check_pairs(
         raise ValueError(
             f"`{prefix}images` and `{prefix}texts` must be on the same device, got {images.device} and {texts.device}."
         )
-    check_features(images, f"{prefix}images", dim_x)
-    check_features(texts, f"{prefix}texts", dim_y)
+    check_features(images, f"{prefix}images", image_dim)
+    check_features(texts, f"{prefix}texts", text_dim)
     return images, texts
 
 
@@ -266,3 +267,124 @@ is too ill-conditioned, for float64. Set `eps` > 0 or check the features' scale.
             " scale."
         )
     return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Check that ``value`` is a bool and return it.
+
+    Example:
+        >>> check_bool(1, "reset_real_features")
+        Traceback (most recent call last):
+        ...
+        TypeError: `reset_real_features` must be a bool, got 1.
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+    return value
+
+
+def check_feature_dims(feature: object) -> tuple[int, int]:
+    """Return ``(image_dim, text_dim)`` from an int (both modalities) or a pair of ints.
+
+    Raises:
+        TypeError: If ``feature`` is neither.
+        ValueError: If a dimension is not positive.
+
+    Example:
+        >>> check_feature_dims(768), check_feature_dims((512, 768))
+        ((768, 768), (512, 768))
+    """
+    message = f"`feature` must be an int or a pair (image_dim, text_dim) of ints, got {feature!r}."
+    if isinstance(feature, bool):
+        raise TypeError(message)
+    if isinstance(feature, int):
+        dims = (feature, feature)
+    elif (
+        isinstance(feature, (tuple, list))
+        and len(feature) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) for d in feature)
+    ):
+        dims = (feature[0], feature[1])
+    else:
+        raise TypeError(message)
+    if min(dims) < 1:
+        raise ValueError(f"`feature` dimensions must be positive, got {dims}.")
+    return dims
+
+
+def check_bias_correction(bias_correction: object, eps: float) -> bool:
+    """Validate the ``bias_correction`` argument against ``eps`` and return it.
+
+    Raises:
+        TypeError: If ``bias_correction`` is not a bool.
+        ValueError: If ``bias_correction`` is ``True`` while ``eps > 0``: the Wishart corrections hold for the
+            unregularised covariances only.
+
+    Example:
+        >>> check_bias_correction(True, 0.0)
+        True
+    """
+    if not isinstance(bias_correction, bool):
+        raise TypeError(f"`bias_correction` must be a bool, got {bias_correction!r}.")
+    if bias_correction and eps > 0.0:
+        raise ValueError(
+            f"`bias_correction=True` needs `eps=0` (got eps={eps}): the correction is derived for unregularised"
+            " covariances. Drop `eps`; the corrected estimator does not need regularisation beyond N > Dx + Dy + 2."
+        )
+    return bias_correction
+
+
+def check_reference_count(count: int, joint_dim: int, eps: float, bias_correction: bool = False) -> None:
+    """Check that ``count`` reference pairs can fit the reference Gaussian (and its bias correction).
+
+    With ``eps = 0`` the joint covariance needs more than ``image_dim + text_dim`` pairs to be full rank; the
+    bias-corrected estimator needs more than ``image_dim + text_dim + 2``.
+
+    Raises:
+        ValueError: If there are too few pairs.
+
+    Example:
+        >>> check_reference_count(8, 8, eps=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: MID needs more than 8 reference pairs (image dim + text dim = 8) for a full-rank joint \
+covariance, got 8. Pass at least 9 reference pairs, or set `eps` > 0 (e.g. eps=5e-4) to regularise the covariances.
+    """
+    if count == 0:
+        raise ValueError(
+            "No reference pairs: call `update(images, texts, real=True)` with the real pairs (or load a reference"
+            " statistics file) before computing MID."
+        )
+    if eps == 0.0 and count <= joint_dim:
+        raise ValueError(
+            f"MID needs more than {joint_dim} reference pairs (image dim + text dim = {joint_dim}) for a full-rank"
+            f" joint covariance, got {count}. Pass at least {joint_dim + 1} reference pairs, or set `eps` > 0 (e.g."
+            " eps=5e-4) to regularise the covariances."
+        )
+    if count < 2:
+        raise ValueError(f"MID needs at least 2 reference pairs for a covariance, got {count}.")
+    if bias_correction and count <= joint_dim + 2:
+        raise ValueError(
+            f"The bias-corrected MID needs more than {joint_dim + 2} reference pairs (image dim + text dim + 2), got"
+            f" {count}."
+        )
+
+
+def check_candidate_count(count: int, what: str = "MID") -> None:
+    """Check that there are at least 2 candidate pairs, which a scatter divided by ``M - 1`` needs.
+
+    Raises:
+        ValueError: If ``count < 2``.
+
+    Example:
+        >>> check_candidate_count(1)
+        Traceback (most recent call last):
+        ...
+        ValueError: MID needs at least 2 candidate pairs, got 1: call `update(images, texts, real=False)` with the \
+generated pairs before computing.
+    """
+    if count < 2:
+        raise ValueError(
+            f"{what} needs at least 2 candidate pairs, got {count}: call `update(images, texts, real=False)` with the"
+            " generated pairs before computing."
+        )

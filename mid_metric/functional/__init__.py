@@ -1,0 +1,29 @@
+"""Pure functions of feature tensors: one module per metric (:mod:`mid_metric.functional.mid` for MID).
+
+``mid_metric.functional`` also re-exports the reference-Gaussian building blocks that mid-metric 0.1 documented
+here (they live in :mod:`mid_metric.gaussian`).
+"""
+
+from mid_metric.functional.mid import (
+    divergence_from_moments,
+    mutual_information,
+    mutual_information_divergence,
+    pointwise_mutual_information,
+)
+from mid_metric.gaussian import (
+    GaussianReference,
+    fit_reference,
+    pointwise_mutual_information_from_reference,
+    reference_from_moments,
+)
+
+__all__ = [
+    "GaussianReference",
+    "fit_reference",
+    "reference_from_moments",
+    "divergence_from_moments",
+    "pointwise_mutual_information_from_reference",
+    "mutual_information",
+    "mutual_information_divergence",
+    "pointwise_mutual_information",
+]

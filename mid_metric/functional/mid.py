@@ -1,0 +1,202 @@
+r"""Mutual Information Divergence as pure functions of feature tensors or of their Gaussian statistics.
+
+Reference pairs ``(x_i, y_i)``, ``i = 1..N``, with ``z = [x; y]``, mean ``mu`` and unbiased covariance ``S``
+(scatter / (N - 1)); candidate pairs ``(x_hat_j, y_hat_j)``, ``j = 1..M`` (Kim et al., NeurIPS 2022):
+
+.. math::
+
+    I = \tfrac12 (\log|S_x| + \log|S_y| - \log|S_z|)
+
+    \mathrm{PMI}(\hat x, \hat y) = I + \tfrac12 (d^2_x(\hat x) + d^2_y(\hat y) - d^2_z([\hat x; \hat y])),
+    \quad d^2_x(v) = (v - \mu_x)^T S_x^{-1} (v - \mu_x)
+
+    \mathrm{MID} = I + \tfrac12 (\mathrm{tr}(S_x^{-1}\hat S_x) + \mathrm{tr}(S_y^{-1}\hat S_y)
+    - \mathrm{tr}(S_z^{-1}\hat S_z))
+
+where ``S_hat`` is the candidates' scatter about the *reference* mean divided by ``M - 1``, as in the official
+estimator. The linear algebra lives in :mod:`mid_metric.gaussian` and the bias correction in
+:mod:`mid_metric.wishart`; ``docs/estimator.md`` and ``docs/bias_correction.md`` explain them.
+"""
+
+from __future__ import annotations
+
+import torch  # noqa: F401 (the examples use it)
+from torch import Tensor
+
+from mid_metric import moments, wishart
+from mid_metric._checks import check_bias_correction, check_eps, check_finite_result, check_pairs, check_reference_count
+from mid_metric.gaussian import (
+    GaussianReference,
+    block_traces,
+    candidate_scatter,
+    pointwise_mutual_information_from_reference,
+    reference_from_moments,
+)
+from mid_metric.result import MIDResult
+
+__all__ = [
+    "divergence_from_moments",
+    "mutual_information",
+    "mutual_information_divergence",
+    "pointwise_mutual_information",
+]
+
+
+def divergence_from_moments(
+    reference: GaussianReference, candidate_packed: Tensor, bias_correction: bool = False
+) -> MIDResult:
+    """Compute MID from a fitted reference and the candidates' packed moments.
+
+    Args:
+        reference: The fitted reference Gaussian.
+        candidate_packed: Packed moments of the candidate pairs ``[x_hat; y_hat]``.
+        bias_correction: Return the Gaussian bias-corrected estimator (:func:`mid_metric.wishart.corrected_terms`;
+            the reference must be fitted with ``eps = 0`` from more than ``Dx + Dy + 2`` pairs) instead of the
+            paper's.
+
+    Returns:
+        :class:`~mid_metric.result.MIDResult` with MID, ``I`` and the distance term (the corrected terms when
+        ``bias_correction``).
+
+    Raises:
+        ValueError: If there are fewer than 2 candidate pairs, too few reference pairs for the correction, or the
+            result is not finite.
+
+    Example:
+        >>> z = torch.randn(200, 4, dtype=torch.float64)
+        >>> stats = moments.from_features(z)
+        >>> result = divergence_from_moments(reference_from_moments(stats, 2), stats)
+        >>> torch.allclose(result.mid, result.mutual_information)  # candidates = reference: MID = I
+        True
+    """
+    if bias_correction:
+        check_reference_count(reference.count, reference.image_dim + reference.text_dim, 0.0, bias_correction=True)
+    scatter = candidate_scatter(reference, candidate_packed)
+    traces = block_traces(reference, scatter)
+    if bias_correction:
+        mutual_info, distance = wishart.corrected_terms(reference, candidate_packed, scatter, traces)
+    else:
+        mutual_info = reference.mutual_information
+        distance = 0.5 * (traces.image + traces.text - traces.joint)
+    mid = check_finite_result(mutual_info + distance, "MID")
+    num_candidates = int(moments.unpack(candidate_packed).count)
+    return MIDResult(mid, mutual_info, distance, reference.count, num_candidates, bias_corrected=bias_correction)
+
+
+def _reference_of(images: Tensor, texts: Tensor, eps: float, prefix: str = "reference_") -> GaussianReference:
+    images, texts = check_pairs(images, texts, prefix=prefix)
+    return reference_from_moments(moments.from_features(moments.joint_rows(images, texts)), images.shape[1], eps)
+
+
+def mutual_information(images: Tensor, texts: Tensor, eps: float = 0.0, bias_correction: bool = False) -> Tensor:
+    """Gaussian mutual information ``I`` between paired image and text features.
+
+    Args:
+        images: Image features ``(N, Dx)``, any floating dtype.
+        texts: Text features ``(N, Dy)``.
+        eps: Added to the diagonal of every covariance (0 reproduces the paper).
+        bias_correction: Subtract the Gaussian small-sample bias of the log-determinants (needs ``eps = 0``; see
+            :func:`mid_metric.wishart.mutual_information_bias`).
+
+    Returns:
+        0-dim float64 tensor.
+
+    Raises:
+        TypeError: If an input is not a floating tensor.
+        ValueError: If the shapes disagree, a value is not finite, or ``N <= Dx + Dy`` with ``eps = 0``.
+
+    Example:
+        >>> x = torch.randn(1000, 1, dtype=torch.float64)
+        >>> y = 0.6 * x + 0.8 * torch.randn(1000, 1, dtype=torch.float64)
+        >>> r = torch.corrcoef(torch.cat([x, y], dim=1).T)[0, 1]  # sample correlation
+        >>> torch.allclose(mutual_information(x, y), -0.5 * torch.log(1 - r**2))
+        True
+    """
+    eps = check_eps(eps)
+    check_bias_correction(bias_correction, eps)
+    reference = _reference_of(images, texts, eps, prefix="")
+    if not bias_correction:
+        return reference.mutual_information
+    return reference.mutual_information - wishart.mutual_information_bias(
+        reference.image_dim, reference.text_dim, reference.count
+    )
+
+
+def mutual_information_divergence(
+    reference_images: Tensor,
+    reference_texts: Tensor,
+    candidate_images: Tensor,
+    candidate_texts: Tensor,
+    eps: float = 0.0,
+    bias_correction: bool = False,
+) -> Tensor:
+    """Mutual Information Divergence of candidate pairs against reference pairs.
+
+    For text-to-image, the reference pairs are (real image, caption) and the candidates (generated image, the
+    same caption); for captioning, the candidates are (image, generated caption). The official code's
+    ``update(x, y, x0)`` is ``mutual_information_divergence(x, y, x0, y)``.
+
+    Args:
+        reference_images: ``(N, Dx)`` image features of the reference pairs.
+        reference_texts: ``(N, Dy)`` text features of the reference pairs.
+        candidate_images: ``(M, Dx)`` image features of the candidate pairs.
+        candidate_texts: ``(M, Dy)`` text features of the candidate pairs.
+        eps: Added to the diagonal of every covariance (0 reproduces the paper).
+        bias_correction: Return the Gaussian bias-corrected estimator (:mod:`mid_metric.wishart`) instead of the
+            paper's (needs ``eps = 0`` and ``N > Dx + Dy + 2``).
+
+    Returns:
+        0-dim float64 tensor.
+
+    Raises:
+        TypeError: If an input is not a floating tensor.
+        ValueError: If shapes disagree, a value is not finite, ``N <= Dx + Dy`` with ``eps = 0``, or ``M < 2``;
+            or ``bias_correction=True`` with ``eps > 0``.
+
+    Example:
+        >>> _ = torch.manual_seed(123)
+        >>> x = torch.rand(10, 2, dtype=torch.float64) * 2 - 1
+        >>> y = torch.rand(10, 2, dtype=torch.float64) * 2 - 1
+        >>> round(mutual_information_divergence(x, y, 1.1 * x, y).item(), 6)
+        0.151645
+    """
+    eps = check_eps(eps)
+    check_bias_correction(bias_correction, eps)
+    reference = _reference_of(reference_images, reference_texts, eps)
+    candidate_images, candidate_texts = check_pairs(
+        candidate_images, candidate_texts, reference.image_dim, reference.text_dim, prefix="candidate_"
+    )
+    candidates = moments.from_features(moments.joint_rows(candidate_images, candidate_texts, reference.mean.device))
+    return divergence_from_moments(reference, candidates, bias_correction).mid
+
+
+def pointwise_mutual_information(
+    reference_images: Tensor, reference_texts: Tensor, images: Tensor, texts: Tensor, eps: float = 0.0
+) -> Tensor:
+    """Per-pair PMI of ``(images, texts)`` under the Gaussian fitted to the reference pairs.
+
+    These are the official code's sample-wise scores (``compute(reduction=False)``). Their mean over the
+    candidates equals MID up to the ``M / (M - 1)`` scaling of the distance part.
+
+    Args:
+        reference_images: ``(N, Dx)`` image features of the reference pairs.
+        reference_texts: ``(N, Dy)`` text features of the reference pairs.
+        images: ``(B, Dx)`` image features to score.
+        texts: ``(B, Dy)`` text features to score.
+        eps: Added to the diagonal of every covariance.
+
+    Returns:
+        Float64 tensor of shape ``(B,)``.
+
+    Raises:
+        TypeError: If an input is not a floating tensor.
+        ValueError: If shapes disagree, a value is not finite, or ``N <= Dx + Dy`` with ``eps = 0``.
+
+    Example:
+        >>> x, y = torch.randn(100, 2), torch.randn(100, 2)
+        >>> pointwise_mutual_information(x, y, x[:5], y[:5]).shape
+        torch.Size([5])
+    """
+    reference = _reference_of(reference_images, reference_texts, check_eps(eps))
+    images, texts = check_pairs(images, texts, reference.image_dim, reference.text_dim)
+    return check_finite_result(pointwise_mutual_information_from_reference(reference, images, texts), "PMI")

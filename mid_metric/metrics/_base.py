@@ -1,0 +1,214 @@
+"""The base of every metric here: features or raw input, float64 states, all-or-nothing merges and loads.
+
+A metric of this family takes paired image and text features, or raw images and captions when it holds a feature
+extractor (see :mod:`mid_metric.features`). :class:`PairedFeatureMetric` turns its ``feature`` argument into feature
+sizes and an optional frozen extractor, checks and encodes batches, keeps float64 states float64 whatever dtype
+is asked, leaves the extractor's weights out of ``state_dict()``, and checks every incoming state before it
+changes any (``merge_state`` and ``load_state_dict``), so that a rejected call leaves the metric as it was.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from mid_metric._checks import check_bool, check_feature_dims, check_pairs
+from mid_metric.features import as_feature_extractor, check_texts, count_images
+
+#: What ``feature=`` accepts: an int, ``(image_dim, text_dim)``, or a feature extractor spec.
+FeatureSpec = Union[int, tuple[int, int], str, tuple[Any, Any], Callable[..., Any], Any]
+#: A check of one incoming state: ``(value, name) -> value to store`` (raises ``ValueError`` when invalid).
+StateCheck = Callable[[object, str], Tensor]
+
+_EXTRACTOR_PREFIX = "feature_extractor."
+
+
+def are_features(images: object, texts: object) -> bool:
+    """Whether a batch is already features (a 2-D image tensor and a text tensor), not raw images and captions.
+
+    Example:
+        >>> are_features(torch.zeros(2, 3), torch.zeros(2, 3)), are_features(torch.zeros(2, 3, 8, 8), ["a", "b"])
+        (True, False)
+    """
+    return isinstance(images, Tensor) and images.ndim == 2 and isinstance(texts, Tensor)
+
+
+class PairedFeatureMetric(Metric):
+    """A torchmetrics ``Metric`` of paired image and text features, with the conventions of this package.
+
+    Subclasses register their states with :meth:`add_checked_state`, which also records how to check a state that
+    comes from outside (another metric, a checkpoint).
+
+    Args:
+        feature: Feature sizes (an int, or ``(image_dim, text_dim)``), or a feature extractor: a Hugging Face CLIP
+            id or local folder, a ``(CLIPModel, CLIPProcessor)`` pair, two callables, or an object with
+            ``encode_images``/``encode_texts`` (:func:`mid_metric.features.as_feature_extractor`).
+        validate_args: Check inputs for shape, dtype and NaN/Inf (one host synchronisation per batch on CUDA).
+        kwargs: Passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        TypeError: If ``feature`` is none of the forms above, or ``validate_args`` is not a bool.
+    """
+
+    is_differentiable: bool = False
+    full_state_update: bool = False
+
+    def __init__(self, feature: FeatureSpec, validate_args: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.validate_args = check_bool(validate_args, "validate_args")
+        extractor = as_feature_extractor(feature)
+        if extractor is None:
+            self.image_dim, self.text_dim = check_feature_dims(feature)
+            self.feature_extractor: Optional[nn.Module] = None
+            #: Name of the extractor of the features, written to reference files ("" when unknown).
+            self.feature_extractor_name = ""
+        else:
+            self.feature_extractor = extractor  # a frozen submodule: moves with .to(), kept out of state_dict
+            self.image_dim, self.text_dim = int(extractor.image_dim), int(extractor.text_dim)
+            self.feature_extractor_name = str(extractor.name)
+        self._state_checks: dict[str, StateCheck] = {}
+
+    def add_checked_state(
+        self, name: str, default: Tensor, dist_reduce_fx: Callable[..., Any], check: StateCheck
+    ) -> None:
+        """Add a persistent tensor state, with the check that incoming values of it must pass."""
+        self.add_state(name, default, dist_reduce_fx=dist_reduce_fx, persistent=True)
+        self._state_checks[name] = check
+
+    # ------------------------------------------------------------------------------------------- inputs
+    def extract_features(self, images: Any, texts: Any) -> tuple[Tensor, Tensor]:
+        """Encode raw images and captions with the metric's feature extractor.
+
+        This is what ``update`` does with raw inputs; call it to encode a batch once and pass the features to
+        several metrics (they all accept features).
+
+        Args:
+            images: A uint8 tensor ``(B, 3, H, W)``, a float tensor ``(B, 3, H, W)`` in ``[0, 1]``, or a list of
+                PIL images or ``(3, H, W)`` tensors.
+            texts: A list of ``B`` captions.
+
+        Returns:
+            ``(image_features, text_features)``: float32, L2-normalised, on the extractor's device.
+
+        Raises:
+            TypeError: If the metric holds no extractor (it was built with feature sizes), or an input has the
+                wrong type.
+            ValueError: If the numbers of images and captions differ, or an image is malformed.
+        """
+        extractor = self.feature_extractor
+        if extractor is None:
+            raise TypeError(
+                f"This metric was built with feature sizes, so it takes features, not images and captions. Build it"
+                f" with a model, e.g. {type(self).__name__}(feature='openai/clip-vit-large-patch14'), to pass raw"
+                " inputs."
+            )
+        count = count_images(images)
+        captions = check_texts(texts, expected=count)
+        if count == 0:
+            return torch.empty(0, self.image_dim), torch.empty(0, self.text_dim)
+        return extractor.encode_images(images), extractor.encode_texts(captions)
+
+    def _pair_features(self, images: Any, texts: Any) -> tuple[Tensor, Tensor]:
+        """Return checked feature pairs: raw inputs are encoded first when the metric holds an extractor."""
+        if self.feature_extractor is not None and not are_features(images, texts):
+            images, texts = self.extract_features(images, texts)
+        if self.validate_args:
+            images, texts = check_pairs(images, texts, self.image_dim, self.text_dim)
+        return images, texts
+
+    def _check_device(self) -> None:
+        if self.device.type == "mps":
+            raise RuntimeError(
+                f"{type(self).__name__} keeps float64 statistics, which Apple MPS does not support. Keep the metric"
+                " on the CPU (`metric.to('cpu')`); features on MPS are moved to it automatically."
+            )
+
+    # ---------------------------------------------------------------------------- incoming states
+    def _check_incoming(self, incoming: dict[str, Any], where: str) -> dict[str, Tensor]:
+        """Check the states in ``incoming`` (keys without prefix) and return the values to store; change nothing."""
+        return {
+            name: check(incoming[name], where + name) for name, check in self._state_checks.items() if name in incoming
+        }
+
+    def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
+        """Merge another metric's (or a ``metric_state`` dict's) states into this one, or none of them.
+
+        Every incoming state is checked first (present, of this metric's layout, valid); when one fails, this
+        raises and nothing is merged.
+
+        Raises:
+            ValueError: If ``incoming_state`` is neither a dict nor a metric of this class, lacks a state, or holds
+                a state of another layout or an invalid one.
+        """
+        if isinstance(incoming_state, Metric) and isinstance(incoming_state, type(self)):
+            incoming_state = incoming_state.metric_state
+        if not isinstance(incoming_state, dict):
+            raise ValueError(
+                f"`incoming_state` must be a {type(self).__name__} or a dict of its states, got"
+                f" {type(incoming_state).__name__}."
+            )
+        missing = [name for name in self._defaults if name not in incoming_state]
+        if missing:
+            raise ValueError(
+                f"`incoming_state` lacks the state(s) {missing}; pass another {type(self).__name__}'s `metric_state`."
+            )
+        super().merge_state(self._check_incoming(incoming_state, "incoming "))
+        self._computed = None  # torchmetrics keeps the value of an earlier compute() after a merge; it is stale now
+
+    def _load_checked_states(
+        self,
+        state_dict: dict,
+        prefix: str,
+        required: tuple[str, ...],
+        missing_keys: list[str],
+        defaults: dict[str, Tensor],
+    ) -> Optional[dict[str, Tensor]]:
+        """Pop and check this metric's states from ``state_dict``; return them, or ``None`` when some are missing.
+
+        ``defaults`` fills states that older checkpoints lack. Nothing is popped when a state is missing or a check
+        fails, so the caller can stop without a change.
+        """
+        present = {name: state_dict[prefix + name] for name in self._state_checks if prefix + name in state_dict}
+        missing = [prefix + name for name in required if name not in present]
+        if missing:  # nn.Module always passes strict=True to this hook, and applies the caller's choice to these
+            missing_keys.extend(missing)
+            return None
+        checked = self._check_incoming(present, prefix)
+        for name, value in defaults.items():
+            checked.setdefault(name, value)
+        for name in present:
+            state_dict.pop(prefix + name)
+        if self.feature_extractor is not None:
+            # The extractor's weights are not saved (see state_dict); supply its own so that strict loading passes.
+            extractor_prefix = prefix + _EXTRACTOR_PREFIX
+            for key, value in self.feature_extractor.state_dict(prefix=extractor_prefix, keep_vars=True).items():
+                state_dict.setdefault(key, value)
+        return checked
+
+    # --------------------------------------------------------------------------- dtype and state_dict
+    def _apply(self, fn: Any, exclude_state: Any = "") -> Any:
+        """Move the states with ``.to(device)`` / ``.cuda()``, but keep float64 states float64 whatever is asked."""
+
+        def keep_float64(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            if tensor.dtype == torch.float64 and moved.dtype != torch.float64:
+                return tensor.to(device=moved.device)  # `.to(torch.float16)` would otherwise round the statistics
+            return moved
+
+        return super()._apply(keep_float64, exclude_state)
+
+    def set_dtype(self, dst_type: Union[str, torch.dtype]) -> PairedFeatureMetric:
+        """Keep the float64 states: the results need them, so the states ignore dtype requests."""
+        return self
+
+    def state_dict(  # type: ignore[override]
+        self, destination: Optional[dict[str, Any]] = None, prefix: str = "", keep_vars: bool = False
+    ) -> dict[str, Any]:
+        """Return the metric states; the feature extractor's weights are left out (they come from the model)."""
+        destination = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in [key for key in destination if key.startswith(prefix + _EXTRACTOR_PREFIX)]:
+            del destination[key]
+        return destination
