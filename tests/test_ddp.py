@@ -5,28 +5,18 @@ One launch of 2 spawned processes runs three scenarios; each rank saves what it 
 
 from __future__ import annotations
 
-import os
-import socket
-import sys
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from _ddp import WORLD_SIZE, ddp_marks, run_in_processes
 from reference_impl import ClipLikeDistribution, ref_mid, well_conditioned_pairs
 
 from mid_metric import MutualInformationDivergence
 
-WORLD_SIZE = 2
 DX, DY = 6, 5
 REL = 1e-10
 HARD_ABS = 5e-9
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
-    pytest.mark.skipif(sys.platform == "win32", reason="gloo over localhost TCP is not set up for Windows here"),
-]
+pytestmark = ddp_marks
 
 
 def _data():
@@ -71,71 +61,55 @@ def _fill(metric, data, ranges):
         metric.update(x0[start:stop], y0[start:stop], real=False)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    try:
-        report = {}
-        for scenario, split in SPLITS.items():
-            data = _hard_data() if scenario == "hard" else _data()
-            metric = MutualInformationDivergence(feature=(data[0].shape[1], data[1].shape[1]))
-            _fill(metric, data, split[rank])
-            local = {k: v.clone() for k, v in metric.metric_state.items()}
-            value = metric.compute()  # a collective: every rank calls it
-            after = {k: v.clone() for k, v in metric.metric_state.items()}
-            result = metric.compute_result()  # cached value, no second sync
-            # Accumulation goes on after compute (states were unsynced), and a second compute syncs again.
-            # Every rank must update before the next compute(): torchmetrics returns the cached value, without the
-            # collective, on a rank that has not updated since its last compute, and the ranks would then deadlock.
-            # Rank 0's batch is empty (it changes no statistic but clears the cache).
-            rows = slice(0, 5) if rank == 1 else slice(0, 0)
-            metric.update(data[2][rows], data[3][rows], real=False)
-            second = metric.compute()
-            report[scenario] = {
-                "value": value,
-                "mid": result.mid,
-                "mi": result.mutual_information,
-                "num_reference": result.num_reference,
-                "num_candidates": result.num_candidates,
-                "local": local,
-                "after": after,
-                "second": second,
-            }
-        # Ranks built with another feature split (same total size), or another size: every rank must raise the
-        # same clear error before any statistic is reduced (0.1 mixed the former silently and aborted inside gloo
-        # on the latter), and the processes stay usable afterwards.
-        for scenario, features in MISMATCHES.items():
-            dims = features[rank]
-            metric = MutualInformationDivergence(feature=dims)
-            z = torch.randn(40, sum(dims), generator=torch.Generator().manual_seed(rank))
-            metric.update(z[:, : dims[0]], z[:, dims[0] :], real=True)
-            metric.update(z[:10, : dims[0]], z[:10, dims[0] :], real=False)
-            before = {k: v.clone() for k, v in metric.metric_state.items()}
-            try:
-                metric.compute()
-                report[scenario] = {"error": None}
-            except ValueError as error:
-                report[scenario] = {"error": str(error)}
-            report[scenario]["unchanged"] = all(torch.equal(before[k], v) for k, v in metric.metric_state.items())
-        dist.barrier()
-        torch.save(report, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _worker(rank: int, world_size: int) -> dict:
+    report = {}
+    for scenario, split in SPLITS.items():
+        data = _hard_data() if scenario == "hard" else _data()
+        metric = MutualInformationDivergence(feature=(data[0].shape[1], data[1].shape[1]))
+        _fill(metric, data, split[rank])
+        local = {k: v.clone() for k, v in metric.metric_state.items()}
+        value = metric.compute()  # a collective: every rank calls it
+        after = {k: v.clone() for k, v in metric.metric_state.items()}
+        result = metric.compute_result()  # cached value, no second sync
+        # Accumulation goes on after compute (states were unsynced), and a second compute syncs again.
+        # Every rank must update before the next compute(): torchmetrics returns the cached value, without the
+        # collective, on a rank that has not updated since its last compute, and the ranks would then deadlock.
+        # Rank 0's batch is empty (it changes no statistic but clears the cache).
+        rows = slice(0, 5) if rank == 1 else slice(0, 0)
+        metric.update(data[2][rows], data[3][rows], real=False)
+        second = metric.compute()
+        report[scenario] = {
+            "value": value,
+            "mid": result.mid,
+            "mi": result.mutual_information,
+            "num_reference": result.num_reference,
+            "num_candidates": result.num_candidates,
+            "local": local,
+            "after": after,
+            "second": second,
+        }
+    # Ranks built with another feature split (same total size), or another size: every rank must raise the
+    # same clear error before any statistic is reduced (0.1 mixed the former silently and aborted inside gloo
+    # on the latter), and the processes stay usable afterwards.
+    for scenario, features in MISMATCHES.items():
+        dims = features[rank]
+        metric = MutualInformationDivergence(feature=dims)
+        z = torch.randn(40, sum(dims), generator=torch.Generator().manual_seed(rank))
+        metric.update(z[:, : dims[0]], z[:, dims[0] :], real=True)
+        metric.update(z[:10, : dims[0]], z[:10, dims[0] :], real=False)
+        before = {k: v.clone() for k, v in metric.metric_state.items()}
+        try:
+            metric.compute()
+            report[scenario] = {"error": None}
+        except ValueError as error:
+            report[scenario] = {"error": str(error)}
+        report[scenario]["unchanged"] = all(torch.equal(before[k], v) for k, v in metric.metric_state.items())
+    return report
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory):
-    out_dir = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(_free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True, start_method="spawn")
-    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+def reports():
+    return run_in_processes(_worker, world_size=WORLD_SIZE)
 
 
 def _single_process(scenario):

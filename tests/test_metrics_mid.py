@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import pickle
+from functools import partial
 
 import pytest
 import torch
 from _state import assert_same_state, snapshot
+from _tester import MetricCase, check_all_in_process, check_ddp
 from reference_impl import (
     ClipLikeDistribution,
+    ref_corrected_mid,
     ref_mid,
     ref_mid_terms,
     ref_pmi,
@@ -17,6 +20,7 @@ from reference_impl import (
 )
 
 from mid_metric import MIDResult, MutualInformationDivergence
+from mid_metric.functional import mutual_information_divergence
 
 REL = 1e-10
 HARD_ABS = 5e-9
@@ -357,3 +361,59 @@ def test_dtype_requests_keep_float64_states(data, convert):
     value = metric.compute()
     assert value.dtype == torch.float64
     assert_rel(value, ref_mid(x, y, x0, y0))
+
+
+# ---------------------------------------------------------------------------- the shared metric tester
+def _calls(x, y, x0, y0, batch=50):
+    """Reference and candidate batches, interleaved as in a validation loop."""
+    refs = [((x[i : i + batch], y[i : i + batch]), {"real": True}) for i in range(0, x.shape[0], batch)]
+    cands = [((x0[i : i + batch], y0[i : i + batch]), {"real": False}) for i in range(0, x0.shape[0], batch)]
+    calls = []
+    for i in range(max(len(refs), len(cands))):
+        calls += refs[i : i + 1] + cands[i : i + 1]
+    return calls
+
+
+def _cases():
+    well = well_conditioned_pairs(400, DX, DY, seed=0) + well_conditioned_pairs(300, DX, DY, seed=1, strength=0.3)
+    hard_dist = ClipLikeDistribution(32, 32, seed=7)
+    hard = hard_dist.sample(1500, seed=8) + hard_dist.sample(1000, seed=9, rho_scale=0.95)
+    independent = well_conditioned_pairs(500, DX, DY, seed=2) + well_conditioned_pairs(200, DX, DY, seed=3)
+    return {
+        "well": MetricCase(
+            partial(MutualInformationDivergence, feature=(DX, DY)),
+            _calls(*well),
+            ref_mid(*well),
+            functional=partial(mutual_information_divergence, *well),
+        ),
+        "eps": MetricCase(
+            partial(MutualInformationDivergence, feature=(DX, DY), eps=1e-3),
+            _calls(*well),
+            ref_mid(*well, eps=1e-3),
+            functional=partial(mutual_information_divergence, *well, eps=1e-3),
+        ),
+        "clip_like": MetricCase(
+            partial(MutualInformationDivergence, feature=(32, 32)),
+            _calls(*hard, batch=256),
+            ref_mid(*hard),
+            functional=partial(mutual_information_divergence, *hard),
+            rel=0.0,
+            abs=HARD_ABS,
+        ),
+        "bias_corrected": MetricCase(
+            partial(MutualInformationDivergence, feature=(DX, DY), bias_correction=True),
+            _calls(*independent),
+            ref_corrected_mid(*independent),
+            functional=partial(mutual_information_divergence, *independent, bias_correction=True),
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["well", "eps", "clip_like", "bias_corrected"])
+def test_metric_tester_in_process(name):
+    check_all_in_process(_cases()[name])
+
+
+@pytest.mark.slow
+def test_metric_tester_ddp():
+    check_ddp(*_cases().values())

@@ -7,14 +7,12 @@ the number of samples (N = 1k and 20k here); torchmetrics' all-gather sync recei
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from _ddp import run_in_processes
 from reference_impl import ref_mid_terms
 from torchmetrics.utilities.distributed import gather_all_tensors
 
@@ -73,8 +71,7 @@ class _Counter:
             setattr(dist, name, fn)
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+def _worker(rank: int, world_size: int) -> dict:
     report: dict = {}
     for n in SIZES:
         x, y, x0 = _data(n)
@@ -108,15 +105,12 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         report["no_candidates"] = "no error"
     except ValueError as error:
         report["no_candidates"] = str(error)
-    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(report))
-    dist.destroy_process_group()
+    return report
 
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("sync")
-    mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
-    return [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(WORLD)]
+def reports() -> list[dict]:
+    return run_in_processes(_worker, world_size=WORLD)
 
 
 @pytest.mark.slow
