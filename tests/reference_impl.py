@@ -1,7 +1,7 @@
 """An independent two-pass float64 MID implementation and synthetic data, for the tests only.
 
 Nothing here imports ``mid_metric``: the functions below are written directly from the formulas in
-``shared/GUIDE.md`` section 1 (Kim et al., NeurIPS 2022, and the official naver-ai/mid.metric estimator):
+``docs/estimator.md`` (Kim et al., NeurIPS 2022, and the official naver-ai/mid.metric estimator):
 
 - reference pairs ``(x_i, y_i)``, ``z = [x; y]``, mean ``mu`` and unbiased covariance ``S = C^T C / (N - 1)``
   computed two-pass (centre first, then multiply);

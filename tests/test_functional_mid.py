@@ -23,7 +23,7 @@ from reference_impl import (
 from mid_metric import functional as F
 
 REL = 1e-10  # well-conditioned data: relative agreement with two-pass float64
-HARD_ABS = 5e-9  # CLIP-like data: absolute agreement with two-pass float64 (issue 2, GUIDE section 3)
+HARD_ABS = 5e-9  # CLIP-like data: absolute agreement with two-pass float64 (docs/estimator.md, "Streaming statistics")
 
 
 def assert_rel(actual: float, expected: float, rel: float = REL) -> None:
@@ -41,7 +41,7 @@ def hard_data():
 
 # --------------------------------------------------------------------------------------------- seed-123 check
 def test_seed123_cross_check():
-    # The official naver-ai/mid.metric README's own cross-check (GUIDE section 2): torch.manual_seed(123),
+    # The official naver-ai/mid.metric README's own cross-check (docs/estimator.md): torch.manual_seed(123),
     # x, y = rand(10, 2) * 2 - 1, x0 = 1.1 x gives MID ~= 0.151645 and MI ~= 0.1543.
     x, y, x0 = seed123_example()
     mid = F.mutual_information_divergence(x, y, x0, y)

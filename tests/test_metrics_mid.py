@@ -63,7 +63,7 @@ def hard_data():
 
 # ------------------------------------------------------------------------------------------------ values
 def test_seed123_cross_check():
-    # Published check of the official naver-ai/mid.metric code (GUIDE section 2): MID ~= 0.151645, MI ~= 0.1543.
+    # Published check of the official naver-ai/mid.metric code (docs/estimator.md): MID ~= 0.151645, MI ~= 0.1543.
     x, y, x0 = seed123_example()
     metric = MutualInformationDivergence(feature=2)
     metric.update(x, y, real=True)
