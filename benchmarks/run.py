@@ -41,6 +41,7 @@ from baseline import StoreAllMID  # noqa: E402
 
 from mid_metric import MutualInformationDivergence, moments  # noqa: E402
 from mid_metric import functional as F  # noqa: E402
+from mid_metric.gaussian import whitened_scatter  # noqa: E402
 
 BEGIN, END = "<!-- BEGIN benchmark -->", "<!-- END benchmark -->"
 
@@ -59,7 +60,7 @@ NOTES = """## Notes
   - *compute()*: when the candidate covariance is positive definite (more candidates than dimensions), it is
     factorised too (`S_hat = R R^T`), and each trace becomes a squared norm, `tr(S^-1 S_hat) = |L^-1 R|_F^2`, from
     one triangular solve that skips the zero blocks of the triangular right-hand side (`L^-1 R` is lower
-    triangular; `functional._squared_norms_of_solve`). The image trace is the leading block of the same solve.
+    triangular; `gaussian._squared_norms_of_solve`). The image trace is the leading block of the same solve.
     Otherwise (too few candidates) it falls back to the previous two triangular solves per trace. The scatter
     matrices are formed with one `addr` pass each instead of separate outer products and sums. The results agree
     with a two-pass float64 computation to within 5e-9 on the hard CLIP-like features of `tests/reference_impl.py`
@@ -190,9 +191,8 @@ def _previous_traces(reference: F.GaussianReference, candidate_packed: torch.Ten
     count = int(moments.unpack(candidate_packed).count)
     _, scatter = moments.mean_and_scatter(candidate_packed, center=reference.mean)
     cov = scatter / (count - 1)
-    dx = reference.dim_image
-    whitened = F._trace_of_solve(reference.chol_joint, cov)
-    text = F._trace_of_solve(reference.chol_text, cov[dx:, dx:])
+    dx = reference.image_dim
+    whitened, text = whitened_scatter(reference, cov)
     return whitened[:dx, :dx].diagonal().sum() + text.diagonal().sum() - whitened.diagonal().sum()
 
 

@@ -11,7 +11,13 @@ Subcommands:
 PAIRS is a CSV/TSV/JSONL file with an image path column and a caption column (see :mod:`mid_metric.pairs`), or a
 ``.safetensors``/``.npz`` file of precomputed ``image_features`` and ``text_features``. Bad input ends the command
 with one line on stderr and exit status 1 (2 for a command-line usage error), and no output file is left behind:
-every file is written to a temporary name and moved into place only when complete.
+every file is written to a temporary name and moved into place only when complete. An output path that is one of
+the command's inputs (a PAIRS or reference file, an image, a model file) is refused before anything is done.
+
+Models are recorded by :func:`mid_metric.features.model_identity`: a Hugging Face id as it is, a local folder as
+``local:<name>@sha256:<fingerprint of its weights>``, so a reference file names its model the same way from any
+working directory. Features files carry no model name: scoring them against features of a known model is refused
+unless ``--features-from-model`` states that they come from that model.
 
 Only the CLIP path imports transformers, so ``mid-metric demo`` and precomputed features never do.
 """
@@ -23,6 +29,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import sys
 import textwrap
 from dataclasses import dataclass
@@ -33,6 +40,7 @@ import torch
 from torch import Tensor
 
 from mid_metric._version import __version__
+from mid_metric.features import is_local_model_identity, model_identity, same_model
 from mid_metric.pairs import (
     FeaturePairs,
     PairsError,
@@ -53,6 +61,8 @@ EXIT_BAD_INPUT = 1
 EXIT_INTERRUPTED = 130
 #: Name recorded for the feature extractor when the features were computed elsewhere and no --model is given.
 PRECOMPUTED = "precomputed"
+#: How far the root-mean-square norm of features may be from 1 for them to count as L2-normalised.
+NORM_TOLERANCE = 1e-3
 
 
 class CommandError(Exception):
@@ -122,7 +132,8 @@ def _add_common_options(parser: argparse.ArgumentParser, model_help: str, eps_de
     group.add_argument(
         "--device",
         default=_default_device(),
-        help="device the CLIP model runs on (default: cuda when available, else cpu)",
+        help="device the CLIP model runs on (default: cuda when available, else cpu); an unavailable device is an"
+        " error in every run, also one that needs no model",
     )
     group.add_argument(
         "--batch-size", type=_positive_int, default=64, metavar="N", help="images or captions encoded at once"
@@ -143,7 +154,10 @@ def _add_common_options(parser: argparse.ArgumentParser, model_help: str, eps_de
         " pairs are needed",
     )
     group.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress bar and no messages on stderr (errors still show)"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no messages on stderr (errors and warnings still show)",
     )
 
 
@@ -207,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(
         reference,
         "Hugging Face CLIP model id or local model folder that encodes the pairs (e.g."
-        " openai/clip-vit-large-patch14); needed unless PAIRS is a features file, where it only names the model in"
-        " the output",
+        " openai/clip-vit-large-patch14); needed unless PAIRS is a features file, where it states the model the"
+        " features come from. An id is recorded as it is, a local folder as local:NAME@sha256:FINGERPRINT of its"
+        " weights, which 'score' recognises from any working directory",
         eps_default="0; it is recorded in the output, and 'score --reference' uses it",
     )
 
@@ -252,10 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="print a JSON object (MID, its terms, counts, standard error and 95%% confidence interval, model,"
         " version) instead of text",
     )
+    score.add_argument(
+        "--features-from-model",
+        action="store_true",
+        help="state that the precomputed features (PAIRS or REAL_PAIRS as a features file, or a --reference built"
+        " from one without --model) were computed with the model of the run (--model, else the one recorded in"
+        " --reference). Without it, features of unknown origin are scored only against features of unknown origin",
+    )
+    score.add_argument(
+        "--no-check-feature-extractor",
+        action="store_true",
+        help="accept a --model whose name differs from the one recorded in --reference (e.g. a local copy of a hub"
+        " model), as check_feature_extractor=False does in the Python API; both names are reported",
+    )
     _add_common_options(
         score,
         "Hugging Face CLIP model id or local model folder that encodes images and captions; defaults to the"
-        " model recorded in --reference",
+        " model recorded in --reference, and must be the same model (a local folder is compared by the"
+        " fingerprint of its weights, not by its path)",
         eps_default="the eps recorded in --reference, else 0",
     )
     return parser
@@ -271,6 +300,10 @@ class _Console:
     def info(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        """One line ``mid-metric: warning: ...`` on stderr, shown even with --quiet."""
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
 
     def quiet_transformers(self) -> None:
         """Hide transformers' own progress bars unless ours show, and its warnings under --quiet."""
@@ -396,12 +429,12 @@ class _Session:
                 )
             from mid_metric.features import load_clip
 
-            try:
-                torch.device(self.args.device)
-            except RuntimeError:
+            if is_local_model_identity(self.model):
                 raise CommandError(
-                    f"--device {self.args.device!r} is not a torch device (use e.g. cpu, cuda or cuda:1)."
-                ) from None
+                    f"{needed_for} holds image paths and captions, and the reference was built with a local model"
+                    f" folder, recorded as {self.model!r}: pass --model PATH with that folder to encode them."
+                )
+            _check_device(self.args.device)
             self.console.quiet_transformers()
             self.console.info(f"Loading {self.model} on {self.args.device} ...")
             self._extractor = load_clip(self.model, device=self.args.device, batch_size=self.args.batch_size)
@@ -427,10 +460,66 @@ def _check_reference_count(count: int, image_dim: int, text_dim: int, eps: float
         )
 
 
+def _check_device(text: str) -> torch.device:
+    """Return ``--device`` as a torch device, or fail with one line when it is not one or is not available here."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {text!r} is not a torch device (use e.g. cpu, cuda or cuda:1).") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise CommandError(f"--device {text!r} is not available: {why}; use --device cpu.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CommandError(
+                f"--device {text!r} is not available: this machine has {count} CUDA device(s), cuda:0 to"
+                f" cuda:{count - 1}."
+            )
+        return device
+    try:
+        torch.empty(1, device=device)
+    except Exception as error:  # each backend fails its own way (RuntimeError, AssertionError, ...)
+        raise CommandError(f"--device {text!r} is not available here ({_one_line(error)}); use --device cpu.") from None
+    return device
+
+
+def _identity(model: Optional[str]) -> Optional[str]:
+    """The recorded name of a --model: the id as it is, a local folder as its weights' fingerprint."""
+    return model_identity(model) if model else None
+
+
+def _same_model(requested: str, identity: str, recorded: str) -> bool:
+    """Whether --model (as given, and its identity) is the model a reference file records.
+
+    Identities are compared (local folders by the fingerprint of their weights, wherever they are). Files of
+    mid-metric 0.1.0 recorded --model as it was typed; such a path still matches when it names the same folder
+    from here.
+    """
+    if same_model(identity, recorded):
+        return True
+    if is_local_model_identity(recorded):
+        return False
+    first, second = Path(requested).expanduser(), Path(recorded).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
 # -------------------------------------------------------------------------------------- reference files
 def _save_reference(path: str, metric: Any, model: Optional[str]) -> None:
     """Write the metric's reference statistics (atomically: a temporary file, then a rename)."""
     metric.save_reference(path, feature_extractor=model or "")
+
+
+def _check_reference_file(path: str) -> None:
+    if Path(path).is_dir():
+        raise CommandError(
+            f"Reference file {path!r} is a folder; --reference takes the .safetensors file that 'mid-metric"
+            " reference' wrote."
+        )
+    if not Path(path).is_file():
+        raise CommandError(f"Reference file {path!r} does not exist.")
 
 
 def _load_reference(path: str, eps: Optional[float], bias_correction: bool = False) -> tuple[Any, dict[str, Any]]:
@@ -438,14 +527,50 @@ def _load_reference(path: str, eps: Optional[float], bias_correction: bool = Fal
     from mid_metric.metric import MutualInformationDivergence
     from mid_metric.reference_io import load_reference_statistics
 
-    if not Path(path).is_file():
-        raise CommandError(f"Reference file {path!r} does not exist.")
+    _check_reference_file(path)
     _, metadata = load_reference_statistics(path)  # checks the file before anything else is done
     options: dict[str, Any] = {"check_feature_extractor": False, "bias_correction": bias_correction}
     # (the CLI compares model names itself)
     if eps is not None:
         options["eps"] = eps
     return MutualInformationDivergence.from_reference(path, **options), metadata
+
+
+# ------------------------------------------------------------------------------------- inputs and outputs
+def _input_files(args: argparse.Namespace, sources: Sequence[Any], files: Sequence[Optional[str]]) -> list[Path]:
+    """Every file a command reads: PAIRS and reference files, the images they list, the model folder's files."""
+    paths = [Path(file) for file in files if file]
+    for source in sources:
+        if source is None:
+            continue
+        paths.append(source.source)
+        if isinstance(source, PairsTable):
+            paths.extend(pair.image_path for pair in source.pairs)
+    model = getattr(args, "model", None)
+    if model and Path(model).expanduser().is_dir():
+        paths.extend(path for path in Path(model).expanduser().iterdir() if path.is_file())
+    return paths
+
+
+def _refuse_overwriting_inputs(outputs: dict[str, Optional[str]], inputs: Sequence[Path]) -> None:
+    """Fail when an output path is (a link to, or another name of) one of the inputs."""
+    for option, output in outputs.items():
+        if not output:
+            continue
+        try:
+            target = os.stat(output)
+        except OSError:
+            continue  # it does not exist yet, so it is no input
+        for path in inputs:
+            try:
+                found = os.stat(path)
+            except OSError:
+                continue
+            if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+                raise CommandError(
+                    f"{option} {output!r} is the input file {str(path)!r}; refusing to overwrite an input. Give"
+                    f" {option} another file name."
+                )
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -463,13 +588,18 @@ def _run_demo(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise CommandError("--plot needs matplotlib: pip install 'mid-metric[plot]'.") from None
+            raise CommandError(
+                "--plot needs matplotlib: pip install matplotlib (or, in the mid-metric source folder,"
+                ' pip install ".[plot]").'
+            ) from None
         if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
             raise CommandError(f"Cannot write {str(plot)!r}: folder {str(plot.parent)!r} does not exist.")
     return demo.main(seed=args.seed, plot=plot)
 
 
 def _check_output_folder(path: str) -> None:
+    if not path:
+        raise CommandError("The output file name is empty.")
     if Path(path).is_dir():
         raise CommandError(f"Cannot write {path!r}: it is a folder; give a file name.")
     folder = Path(path).parent
@@ -479,12 +609,16 @@ def _check_output_folder(path: str) -> None:
 
 def _run_reference(args: argparse.Namespace) -> int:
     console = _Console(args.quiet)
+    _check_device(args.device)
     eps = 0.0 if args.eps is None else args.eps
     source = _read_source(args.pairs, args, args.caption_column, "--caption-column")
     _check_output_folder(args.output)
+    _refuse_overwriting_inputs({"--output": args.output}, _input_files(args, [source], []))
     session = _Session(args, console, args.model)
-    if not isinstance(source, FeaturePairs):
-        session.extractor(source.source)  # a missing --model is reported before anything is encoded
+    if isinstance(source, FeaturePairs):
+        label = _identity(args.model) or ""  # --model states where the features come from
+    else:
+        label = session.extractor(source.source).name  # a missing --model is reported before anything is encoded
     features = session.features(source)
     image_dim, text_dim = features.images.shape[1], features.texts.shape[1]
     _check_reference_count(len(features), image_dim, text_dim, eps, str(features.source))
@@ -493,10 +627,10 @@ def _run_reference(args: argparse.Namespace) -> int:
     from mid_metric.functional import reference_from_moments
 
     reference_from_moments(metric.reference_moments, image_dim, eps)  # fails now on a singular covariance
-    _save_reference(args.output, metric, args.model)
+    _save_reference(args.output, metric, label)
     console.info(
         f"Wrote {args.output}: {len(features)} reference pairs, image_dim {image_dim}, text_dim {text_dim},"
-        f" model {args.model or PRECOMPUTED}, eps {eps:g}."
+        f" model {label or PRECOMPUTED}, eps {eps:g}."
     )
     return 0
 
@@ -528,7 +662,9 @@ def _write_per_sample(path: str, candidates: _Features, pmi: Tensor) -> None:
 
 
 def _format_text(report: dict[str, Any]) -> str:
-    lines = [f"MID: {report['mid']:.6f}  (higher is better)"]
+    corrected = bool(report.get("bias_corrected"))
+    title = "MID (bias-corrected)" if corrected else "MID"
+    lines = [f"{title}: {report['mid']:.6f}  (higher is better)"]
     lines.append(f"  mutual information of the reference I(X;Y): {report['mutual_information']:.6f}")
     lines.append(f"  distance term:                              {report['distance']:+.6f}")
     if report.get("ci_low") is not None and report.get("ci_high") is not None:
@@ -537,64 +673,153 @@ def _format_text(report: dict[str, Any]) -> str:
         lines.append(f"  {label}: [{report['ci_low']:.6f}, {report['ci_high']:.6f}]")
     elif report.get("standard_error") is not None:
         lines.append(f"  standard error: {report['standard_error']:.6f}")
+    estimator = (
+        "bias-corrected estimator (--bias-correction; not comparable with published MID)"
+        if corrected
+        else "the paper's estimator (not bias-corrected)"
+    )
+    lines.append(f"  estimator: {estimator}")
+    model = report["model"] or "(precomputed features)"
+    if report.get("reference_model") != report["model"]:
+        model += f"; reference model {report.get('reference_model') or '(precomputed features)'}"
     lines.append(
         f"  {report['num_candidates']} candidate pairs, {report['num_reference']} reference pairs;"
-        f" model {report['model'] or '(precomputed features)'}; eps {report['eps']:g}"
+        f" model {model}; eps {report['eps']:g}"
     )
     return "\n".join(lines)
 
 
-def _same_model(requested: str, recorded: str) -> bool:
-    """Whether two model names agree: equal strings, or two spellings of the same local folder."""
-    if requested == recorded:
-        return True
-    first, second = Path(requested).expanduser(), Path(recorded).expanduser()
-    return first.exists() and second.exists() and first.resolve() == second.resolve()
+def _rms_norm(features: Tensor) -> float:
+    """Root-mean-square L2 norm of feature rows, ``sqrt(mean |v|^2)``, in float64."""
+    return math.sqrt(float(features.double().square().sum(dim=1).mean()))
+
+
+def _warn_unnormalised(
+    console: _Console, reference: tuple[Optional[float], Optional[float]], candidates: _Features, where: str
+) -> None:
+    """Warn when the reference features were L2-normalised and the candidates' are not."""
+    for what, reference_norm, features in (
+        ("image", reference[0], candidates.images),
+        ("text", reference[1], candidates.texts),
+    ):
+        if reference_norm is None or abs(reference_norm - 1.0) > NORM_TOLERANCE:
+            continue
+        norm = _rms_norm(features)
+        if abs(norm - 1.0) > NORM_TOLERANCE:
+            console.warn(
+                f"the {what} features of {candidates.source} are not L2-normalised (RMS norm {norm:.6g}), but those"
+                f" of the reference {where} are (RMS norm {reference_norm:.6g}); MID of such features is"
+                " meaningless. L2-normalise them as the reference's were, with the same model."
+            )
+
+
+def _check_finite(report: dict[str, Any]) -> None:
+    """Fail with one line when a number of the result is NaN or infinite (JSON has no such numbers)."""
+    bad = [f"{key} = {value}" for key, value in report.items() if isinstance(value, float) and not math.isfinite(value)]
+    if bad:
+        raise CommandError(
+            f"the result is not a finite number ({', '.join(bad)}); nothing is printed or written. The features are"
+            " probably degenerate (constant, duplicated or far from the reference); check them, or pass --eps."
+        )
+
+
+def _check_model_sizes(session: _Session, source: Any, dims: tuple[int, int], reference_label: str) -> None:
+    """Fail before encoding when the model for ``source`` gives features of other sizes than the reference's."""
+    if isinstance(source, FeaturePairs):
+        return
+    extractor = session.extractor(source.source)
+    if (extractor.image_dim, extractor.text_dim) != dims:
+        raise CommandError(
+            f"Model {session.model!r} gives features of sizes (image_dim, text_dim) = ({extractor.image_dim},"
+            f" {extractor.text_dim}), but the reference {reference_label} has {dims}."
+        )
 
 
 def _run_score(args: argparse.Namespace) -> int:
     console = _Console(args.quiet)
+    _check_device(args.device)
     caption_column = args.generated_caption_column or args.caption_column
     caption_option = "--generated-caption-column" if args.generated_caption_column else "--caption-column"
     candidates_source = _read_source(args.pairs, args, caption_column, caption_option)
     if args.per_sample:  # fail before any work when the output folder is missing
         _check_output_folder(args.per_sample)
+    reference_source = None
+    if args.reference is not None:
+        _check_reference_file(args.reference)
+    else:
+        reference_source = _read_source(args.reference_pairs, args, args.caption_column, "--caption-column")
+    _refuse_overwriting_inputs(
+        {"--per-sample": args.per_sample},
+        _input_files(args, [candidates_source, reference_source], [args.reference]),
+    )
+    requested = _identity(args.model)
 
     if args.reference is not None:
         metric, metadata = _load_reference(args.reference, args.eps, args.bias_correction)
         image_dim, text_dim, eps = metric.image_dim, metric.text_dim, metric.eps
-        reference_model = metadata["feature_extractor"]
-        if args.model and reference_model and not _same_model(args.model, reference_model):
-            raise CommandError(
-                f"{args.reference} was built with model {reference_model!r}, but --model is {args.model!r}; MID"
-                " values from different models are not comparable. Build a reference with this model, or drop --model."
-            )
-        model = args.model or reference_model or None
+        recorded = metadata["feature_extractor"]
+        if requested and recorded and not args.no_check_feature_extractor:
+            if not _same_model(args.model, requested, recorded):
+                raise CommandError(
+                    f"{args.reference} was built with model {recorded!r}, but --model {args.model!r} is"
+                    f" {requested!r}; MID values from different models are not comparable. Build a reference with"
+                    " this model, drop --model, or pass --no-check-feature-extractor if both denote the same model."
+                )
         _check_reference_count(metadata["num_samples"], image_dim, text_dim, eps, str(args.reference))
-        session = _Session(args, console, model)
+        session = _Session(args, console, args.model or recorded or None)
+        run_model = requested or recorded or None
+        reference_model = recorded or None
+        reference_norms = (metadata.get("image_rms_norm"), metadata.get("text_rms_norm"))
         reference_label = args.reference
+        reference = None
     else:
         eps = 0.0 if args.eps is None else args.eps
-        reference_source = _read_source(args.reference_pairs, args, args.caption_column, "--caption-column")
-        model = args.model
-        session = _Session(args, console, model)
+        session = _Session(args, console, args.model)
         for source in (reference_source, candidates_source):
             if not isinstance(source, FeaturePairs):
                 session.extractor(source.source)  # report a missing --model before encoding anything
+        run_model = requested  # the name load_clip gives the model, without loading it for features files
+        reference_model = None if isinstance(reference_source, FeaturePairs) else run_model
+        reference_label = args.reference_pairs
+
+    if isinstance(candidates_source, FeaturePairs):
+        candidates_model = None
+    else:
+        candidates_model = session.extractor(candidates_source.source).name
+        if args.reference is not None:  # the sizes are known: check them before the model names
+            _check_model_sizes(session, candidates_source, (image_dim, text_dim), reference_label)
+    if args.features_from_model:
+        if run_model is None:
+            raise CommandError(
+                "--features-from-model states that the precomputed features come from the model of the run, but"
+                " there is none: pass --model MODEL."
+            )
+        candidates_model = candidates_model or run_model
+        reference_model = reference_model or run_model
+    encodes_nothing = isinstance(candidates_source, FeaturePairs) and not isinstance(reference_source, PairsTable)
+    if args.model and encodes_nothing and not args.features_from_model and candidates_model == reference_model:
+        raise CommandError(
+            f"--model {args.model!r} is given, but nothing is encoded: {args.pairs} and {reference_label} hold"
+            " precomputed features. To state that they come from this model, pass --features-from-model too;"
+            " otherwise drop --model."
+        )
+    if (candidates_model is None) != (reference_model is None):
+        unknown, known = (args.pairs, reference_label) if candidates_model is None else (reference_label, args.pairs)
+        model = candidates_model or reference_model
+        raise CommandError(
+            f"{unknown} holds precomputed features of unknown origin, but the features of {known} come from model"
+            f" {model!r}; MID of features from two models is meaningless. If the features of {unknown} were"
+            f" computed with {model!r} (L2-normalised, as mid-metric does), pass --features-from-model."
+        )
+
+    if reference_source is not None:
         reference = session.features(reference_source)
         image_dim, text_dim = reference.images.shape[1], reference.texts.shape[1]
         _check_reference_count(len(reference), image_dim, text_dim, eps, str(reference.source))
         metric = _new_metric(image_dim, text_dim, eps, args.bias_correction)
         metric.update(reference.images, reference.texts, real=True)
-        reference_label = args.reference_pairs
-
-    if not isinstance(candidates_source, FeaturePairs):
-        extractor = session.extractor(candidates_source.source)
-        if (extractor.image_dim, extractor.text_dim) != (image_dim, text_dim):
-            raise CommandError(
-                f"Model {session.model!r} gives features of sizes (image_dim, text_dim) = ({extractor.image_dim},"
-                f" {extractor.text_dim}), but the reference {reference_label} has ({image_dim}, {text_dim})."
-            )
+        reference_norms = (_rms_norm(reference.images), _rms_norm(reference.texts))
+        _check_model_sizes(session, candidates_source, (image_dim, text_dim), reference_label)
     candidates = session.features(candidates_source)
     got = (int(candidates.images.shape[1]), int(candidates.texts.shape[1]))
     if got != (image_dim, text_dim):
@@ -604,13 +829,15 @@ def _run_score(args: argparse.Namespace) -> int:
         )
     if len(candidates) < 2:
         raise CommandError(f"{candidates.source} holds {len(candidates)} pair; MID needs at least 2 candidate pairs.")
+    _warn_unnormalised(console, reference_norms, candidates, str(reference_label))
     metric.update(candidates.images, candidates.texts, real=False)
     result = metric.compute_with_ci()  # MID, its terms, a standard error and a 95% confidence interval
 
     report: dict[str, Any] = _result_fields(result)
     report.update(
         {
-            "model": session.model or None,
+            "model": candidates_model or reference_model,
+            "reference_model": reference_model,
             "image_dim": image_dim,
             "text_dim": text_dim,
             "eps": eps,
@@ -619,12 +846,19 @@ def _run_score(args: argparse.Namespace) -> int:
             "version": __version__,
         }
     )
+    _check_finite(report)
     if args.per_sample:
         pmi = metric.pmi(candidates.images, candidates.texts)
+        if not bool(torch.isfinite(pmi).all()):
+            row = int((~torch.isfinite(pmi)).nonzero()[0]) + 1
+            raise CommandError(
+                f"the pointwise mutual information of candidate row {row} is not finite; {args.per_sample} is not"
+                " written."
+            )
         _write_per_sample(args.per_sample, candidates, pmi)
         console.info(f"Wrote {args.per_sample}: the PMI of each of the {len(candidates)} candidate pairs.")
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, allow_nan=False))
     else:
         print(_format_text(report))
     return 0

@@ -19,10 +19,11 @@ import contextlib
 import csv
 import json
 import os
-import tempfile
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 from torch import Tensor
@@ -38,6 +39,7 @@ __all__ = [
     "read_features",
     "load_image",
     "atomic_output",
+    "create_temporary_file",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -210,6 +212,15 @@ def read_pairs(
 
 
 def _to_tensor(array: Any, key: str, source: Path) -> Tensor:
+    if not isinstance(array, Tensor):
+        dtype = array.dtype
+        if dtype.kind != "f" or dtype.itemsize not in (2, 4, 8):
+            raise PairsError(
+                f"{source}: {key!r} must hold floating-point features (float16, float32 or float64), got numpy"
+                f" dtype {dtype.str!r} ({dtype.name})."
+            )
+        if not dtype.isnative:  # e.g. big-endian '>f4', which torch cannot wrap: convert to the native order
+            array = array.astype(dtype.newbyteorder("="))
     tensor = array if isinstance(array, Tensor) else torch.from_numpy(array)
     if tensor.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         raise PairsError(f"{source}: {key!r} must hold floating-point features, got {tensor.dtype}.")
@@ -225,7 +236,8 @@ def read_features(path: PathLike) -> FeaturePairs:
     """Read precomputed features from a ``.safetensors`` or ``.npz`` file.
 
     The file must hold ``image_features`` ``(N, Dx)`` and ``text_features`` ``(N, Dy)``, floating point, one row
-    per pair (row ``i`` of one belongs to row ``i`` of the other).
+    per pair (row ``i`` of one belongs to row ``i`` of the other). ``.npz`` arrays of either byte order are
+    accepted (big-endian ones are converted to the machine's order).
 
     Raises:
         PairsError: If the file is missing or unreadable, a key is missing, or the arrays do not fit together.
@@ -282,8 +294,12 @@ def read_features(path: PathLike) -> FeaturePairs:
 def load_image(pair: Pair, source: Path) -> Any:
     """Open and fully decode the image of ``pair`` as an RGB PIL image.
 
+    PIL's guard against decompression bombs stays on: an image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS``
+    pixels is refused like a corrupt one.
+
     Raises:
-        PairsError: If the image is missing, unreadable or corrupt; the message names the file and the row.
+        PairsError: If the image is missing, unreadable, corrupt or too large; the message names the file and the
+            row.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -293,9 +309,60 @@ def load_image(pair: Pair, source: Path) -> Any:
     try:
         with Image.open(pair.image_path) as image:
             return image.convert("RGB")  # convert() decodes the whole image, so truncated files fail here
+    except Image.DecompressionBombError as err:
+        raise PairsError(
+            f"{where}: image {str(pair.image_path)!r} is refused as a possible decompression bomb ({_first_line(err)})."
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise PairsError(f"{where}: cannot read image {str(pair.image_path)!r} ({_first_line(err)}).") from None
+    except Exception as err:  # PIL's decoders raise other types on some malformed files (e.g. struct.error)
+        detail = f"{type(err).__name__}: {_first_line(err)}"
         raise PairsError(f"{where}: cannot read image {str(pair.image_path)!r} ({detail}).") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def create_temporary_file(target: PathLike) -> tuple[int, Path]:
+    """Create a new, empty temporary file next to ``target``, with the permissions ``open(target, "w")`` would give.
+
+    The file is created with mode ``0o666`` filtered by the process umask, as :func:`open` creates files (unlike
+    :func:`tempfile.mkstemp`, whose files are always ``0o600``). When ``target`` exists already, its permission
+    bits are copied instead, since ``open(target, "w")`` keeps them. The name is ``.<target name>.<random>.tmp``
+    followed by ``target``'s suffix, so writers that look at the suffix still work.
+
+    Args:
+        target: The file that the temporary file will replace (its folder must exist).
+
+    Returns:
+        ``(descriptor, path)``: a descriptor open for binary writing (close it, or wrap it with
+        :func:`os.fdopen`), and the path of the new file.
+
+    Raises:
+        OSError: If the file cannot be created (e.g. the folder does not exist or is not writable).
+    """
+    target = Path(target)
+    folder = target.parent if str(target.parent) else Path(".")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        path = folder / f".{target.name}.{secrets.token_hex(6)}.tmp{target.suffix}"
+        try:
+            descriptor = os.open(path, flags, 0o666)  # the kernel applies the umask, as for open()
+        except FileExistsError:
+            continue
+        try:
+            mode: Optional[int] = stat.S_IMODE(os.stat(target).st_mode)
+        except OSError:
+            mode = None  # no file to replace: keep the umask's mode
+        if mode is not None:
+            try:
+                os.chmod(path, mode)
+            except OSError:
+                pass
+        return descriptor, path
+    raise FileExistsError(f"Cannot create a temporary file next to {str(target)!r}: every name tried exists.")
 
 
 @contextlib.contextmanager
@@ -303,10 +370,12 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it onto ``path`` only if the block succeeds.
 
     A reader never sees a half-written file, and a failure leaves no output behind (nor the temporary file). The
-    temporary file keeps ``path``'s suffix, so writers that look at it still work.
+    temporary file keeps ``path``'s suffix, so writers that look at it still work, and it gets the permissions
+    that ``open(path, "w")`` would give (see :func:`create_temporary_file`): the umask's for a new file, the old
+    file's for a replaced one.
 
     Raises:
-        PairsError: If the folder of ``path`` does not exist.
+        PairsError: If ``path`` is empty or a folder, or the folder of ``path`` does not exist.
 
     Example:
         >>> import tempfile
@@ -316,13 +385,16 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         >>> target.read_text()
         'done'
     """
+    if not os.fspath(path):
+        raise PairsError("Cannot write to an empty path: give a file name.")
     target = Path(path)
+    if target.is_dir():
+        raise PairsError(f"Cannot write {str(target)!r}: it is a folder; give a file name.")
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise PairsError(f"Cannot write {str(target)!r}: folder {str(folder)!r} does not exist.")
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{target.suffix}", dir=folder)
+    handle, tmp = create_temporary_file(target)
     os.close(handle)
-    tmp = Path(tmp_name)
     try:
         yield tmp
         os.replace(tmp, target)

@@ -13,35 +13,54 @@ metadata:
 ``num_samples``        number of reference pairs
 ``eps``                the ``eps`` of the metric that wrote the file
 ``library_version``    version of mid-metric that wrote the file
+``image_rms_norm``     root-mean-square L2 norm of the image features, ``sqrt(mean |x|^2)`` (``1`` for
+                       L2-normalised features); absent from files of mid-metric 0.1.0 and earlier
+``text_rms_norm``      the same for the text features
+``tensor_sha256``      SHA-256 of the tensor's bytes as stored (hex); absent from files of 0.1.0 and earlier
 =====================  ===========================================================================
 
+Corruption is refused on load instead of silently changing MID: the tensor's bytes must match ``tensor_sha256``
+when the file records it, and in every file the full symmetric matrix ``S2`` that the tensor holds must be
+symmetric, with a non-negative diagonal that is consistent with the count (``S1_i^2 <= n S2_ii``, by
+Cauchy-Schwarz), and imply correlations within ``[-1, 1]``.
+
 Files are written atomically (a temporary file in the same folder, then :func:`os.replace`), so a crash never
-leaves a half-written file under the final name. Loading never unpickles anything: safetensors holds raw numbers
-and a JSON header, and this module parses and checks that header itself before it reads the tensor.
+leaves a half-written file under the final name; a new file gets the permissions that :func:`open` would give
+(``0o666`` less the umask), and a replaced file keeps its own. Loading never unpickles anything: safetensors holds
+raw numbers and a JSON header, and this module checks the header's length against the file's size, then parses and
+checks the header itself, before it reads the tensor (and only the tensor).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import struct
-import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, BinaryIO, Optional, Union
 
 import torch
 from torch import Tensor
 
 from mid_metric import moments
 from mid_metric._version import __version__
+from mid_metric.pairs import create_temporary_file
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "TENSOR_NAME", "save_reference_statistics", "load_reference_statistics"]
 
 FORMAT_NAME = "mid-metric-reference-statistics"
 FORMAT_VERSION = 1
 TENSOR_NAME = "reference_moments"
-_MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit
+#: Largest header accepted on load. Ours are a few hundred bytes; the limit keeps a file of another kind whose
+#: first 8 bytes happen to announce a huge header from being read into memory.
+_MAX_HEADER_BYTES = 1 << 20
+#: Longest ``feature_extractor`` name that :func:`save_reference_statistics` writes (so the header stays small).
+_MAX_NAME_LENGTH = 4096
+#: Relative tolerance of the symmetry and Cauchy-Schwarz checks on load. Files of earlier versions were symmetric
+#: to rounding only (about 1e-15 relative); a flipped byte anywhere above the lowest 1-2 of a float64 breaks them.
+_MATRIX_TOLERANCE = 1e-12
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -69,9 +88,15 @@ def save_reference_statistics(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
+    The root-mean-square norms of the image and text features (``image_rms_norm``, ``text_rms_norm``) are
+    derived from the moments and recorded too, so that a user of the file can tell whether the reference
+    features were L2-normalised.
+
     Raises:
         TypeError: If an argument has the wrong type.
-        ValueError: If the moments are empty, not finite or of the wrong size, or ``eps`` is invalid.
+        ValueError: If ``path`` is empty, the moments are empty, not finite or of the wrong size, ``eps`` is
+            invalid, or ``feature_extractor`` is longer than 4096 characters.
+        IsADirectoryError: If ``path`` is a folder.
         FileNotFoundError: If the folder of ``path`` does not exist.
 
     Example:
@@ -80,16 +105,24 @@ def save_reference_statistics(
         >>> path = os.path.join(tempfile.mkdtemp(), "ref.safetensors")
         >>> _ = save_reference_statistics(path, moments.from_features(z), image_dim=2, text_dim=1,
         ...                               feature_extractor="toy", eps=0.0)
-        >>> packed, meta = load_reference_statistics(path)
-        >>> meta["num_samples"], torch.equal(packed, moments.from_features(z))
+        >>> packed, meta = load_reference_statistics(path)  # the file holds the full symmetric S2
+        >>> meta["num_samples"], torch.equal(packed, moments.symmetrized(moments.from_features(z)))
         (20, True)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
+    if not os.fspath(path):
+        raise ValueError("`path` is empty: give the file to write the reference statistics to, e.g. 'ref.safetensors'.")
     path = Path(os.fspath(path))
     for argument, value in (("image_dim", image_dim), ("text_dim", text_dim)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise TypeError(f"`{argument}` must be a positive int, got {value!r}.")
     if not isinstance(feature_extractor, str):
         raise TypeError(f"`feature_extractor` must be a str, got {type(feature_extractor).__name__}.")
+    if len(feature_extractor) > _MAX_NAME_LENGTH:
+        raise ValueError(
+            f"`feature_extractor` is {len(feature_extractor)} characters long; at most {_MAX_NAME_LENGTH} are recorded."
+        )
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (0.0 <= eps < math.inf):
         raise ValueError(f"`eps` must be a finite number >= 0, got {eps!r}.")
     if not isinstance(packed_moments, Tensor):
@@ -107,10 +140,16 @@ def save_reference_statistics(
     count = float(packed[0])
     if count < 1 or count != int(count):
         raise ValueError(f"`packed_moments` holds {count:g} reference pairs; there is nothing to save.")
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Cannot write reference statistics to {str(path)!r}: it is a folder; give a file name."
+        )
     if not path.parent.is_dir():
         raise FileNotFoundError(f"Cannot write reference statistics to {str(path)!r}: its folder does not exist.")
 
     from safetensors.torch import save as safetensors_save
+
+    image_rms, text_rms = _rms_norms(packed, image_dim)
 
     metadata = {
         "format": FORMAT_NAME,
@@ -121,9 +160,12 @@ def save_reference_statistics(
         "num_samples": str(int(count)),
         "eps": repr(float(eps)),
         "library_version": __version__,
+        "image_rms_norm": repr(image_rms),
+        "text_rms_norm": repr(text_rms),
     }
+    metadata["tensor_sha256"] = hashlib.sha256(_stored_bytes(packed)).hexdigest()
     payload = safetensors_save({TENSOR_NAME: packed}, metadata=metadata)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    handle, temporary = create_temporary_file(path)  # the permissions open() would give, unlike mkstemp's 0600
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
@@ -137,23 +179,50 @@ def save_reference_statistics(
     return path
 
 
+def _stored_bytes(packed: Tensor) -> bytes:
+    """The bytes safetensors stores for a float64 tensor: little-endian, contiguous."""
+    import numpy as np
+
+    return np.ascontiguousarray(packed.numpy(), dtype="<f8").tobytes()
+
+
+def _rms_norms(packed: Tensor, image_dim: int) -> tuple[float, float]:
+    """Root-mean-square norms ``sqrt(sum |x|^2 / n)`` of the image and the text features of packed moments."""
+    dim = moments.dim_from_packed_size(packed.shape[0])
+    _, raw = moments.mean_and_scatter(packed, center=torch.zeros(dim, dtype=torch.float64))  # sum v v^T
+    count = max(float(packed[0]), 1.0)
+    squares = raw.diagonal().clamp(min=0.0)
+    return math.sqrt(float(squares[:image_dim].sum()) / count), math.sqrt(float(squares[image_dim:].sum()) / count)
+
+
 def _bad(path: Path, problem: str) -> ValueError:
     return ValueError(f"{str(path)!r} is not a usable mid-metric reference statistics file: {problem}")
 
 
-def _parse_header(path: Path, data: bytes) -> tuple[dict[str, Any], int]:
-    """Return the JSON header of a safetensors file and the offset of its data section, checking its framing."""
-    if len(data) < 8:
-        raise _bad(path, f"it has only {len(data)} bytes, so it is empty, truncated or not a safetensors file.")
-    (header_size,) = struct.unpack("<Q", data[:8])
-    if header_size > _MAX_HEADER_BYTES or 8 + header_size > len(data):
+def _read_header(path: Path, stream: BinaryIO, size: int) -> tuple[dict[str, Any], int]:
+    """Return the JSON header of a safetensors file and the offset of its data section, checking its framing.
+
+    The header's announced length is checked against the file's size before anything more than its first 8
+    bytes is read, so a large file of another kind is refused without being read.
+    """
+    prefix = stream.read(8)
+    if len(prefix) < 8:
+        raise _bad(path, f"it has only {size} bytes, so it is empty, truncated or not a safetensors file.")
+    (header_size,) = struct.unpack("<Q", prefix)
+    if 8 + header_size > size:
         raise _bad(
             path,
-            f"its header claims {header_size} bytes but the file has {len(data)}; it is truncated or not a"
-            " safetensors file.",
+            f"its header claims {header_size} bytes but the file has {size}; it is truncated or not a safetensors"
+            " file.",
+        )
+    if header_size > _MAX_HEADER_BYTES:
+        raise _bad(
+            path,
+            f"its header claims {header_size} bytes, more than the {_MAX_HEADER_BYTES} of any mid-metric reference"
+            " file; it is not one (or not a safetensors file).",
         )
     try:
-        header = json.loads(data[8 : 8 + header_size].decode("utf-8"))
+        header = json.loads(stream.read(header_size).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise _bad(path, "its header is not valid JSON; it is corrupt or not a safetensors file.") from None
     if not isinstance(header, dict):
@@ -161,22 +230,91 @@ def _parse_header(path: Path, data: bytes) -> tuple[dict[str, Any], int]:
     return header, 8 + header_size
 
 
+def _optional_norm(path: Path, metadata: dict[str, Any], key: str) -> Optional[float]:
+    if key not in metadata:
+        return None  # files of mid-metric 0.1.0 and earlier
+    try:
+        value = float(metadata[key])
+    except (TypeError, ValueError):
+        raise _bad(path, f"its metadata {key!r} is not a number.") from None
+    if not (0.0 <= value < math.inf):
+        raise _bad(path, f"its metadata {key!r} is {value}, but must be finite and >= 0.")
+    return value
+
+
+def _check_matrix(path: Path, packed: Tensor) -> None:
+    """Check the stored ``S2`` of packed moments: symmetric, with a diagonal and correlations that can be real.
+
+    ``S2 = sum (v - s)(v - s)^T`` is a sum of outer products, so it is symmetric with a non-negative diagonal, and
+    with ``S1 = sum (v - s)`` and the count ``n``, Cauchy-Schwarz gives ``S1_i^2 <= n S2_ii``. The scatter about
+    the mean, ``C = S2 - S1 S1^T / n``, is positive semi-definite, so ``|C_ij| <= sqrt(C_ii C_jj)``.
+    """
+    fields = moments.unpack(packed)
+    count = float(fields.count)
+    outer = fields.shifted_outer_sum
+    diagonal = outer.diagonal()
+    if bool((diagonal < 0).any()):
+        index = int((diagonal < 0).nonzero()[0])
+        raise _bad(
+            path,
+            f"its scatter matrix has a negative diagonal entry ({float(diagonal[index]):g} at {index}), which a sum"
+            " of squares cannot have; it is corrupt.",
+        )
+    roots = diagonal.sqrt()  # sqrt(S2_ii S2_jj) bounds |S2_ij| and the rounding of each entry
+    # Two D x D temporaries in all (about 38 MB at D = 1536): `work` and `bound`.
+    work = torch.sub(outer, outer.mT).abs_()
+    bound = torch.outer(roots, roots).mul_(_MATRIX_TOLERANCE)
+    if bool((work > bound).any()):
+        row, column = (int(i) for i in (work > bound).nonzero()[0])
+        raise _bad(
+            path,
+            f"its scatter matrix is not symmetric (entry ({row}, {column}) is {float(outer[row, column])!r} but"
+            f" ({column}, {row}) is {float(outer[column, row])!r}); it is corrupt.",
+        )
+    excess = fields.shifted_sum.square() - count * diagonal * (1.0 + _MATRIX_TOLERANCE)
+    if bool((excess > 0).any()):
+        index = int((excess > 0).nonzero()[0])
+        raise _bad(
+            path,
+            f"its statistics are inconsistent with its count of {count:g} pairs: coordinate {index} has a shifted sum"
+            f" of {float(fields.shifted_sum[index]):g}, whose square exceeds count x the diagonal"
+            f" ({float(diagonal[index]):g}); it is corrupt.",
+        )
+    torch.sub(outer, torch.outer(fields.shifted_sum, fields.shifted_sum / count), out=work).abs_()  # |C|
+    spread = (diagonal - fields.shifted_sum.square() / count).clamp_(min=0.0).sqrt_()
+    bound.mul_(4.0).addr_(spread, spread, alpha=1.0 + _MATRIX_TOLERANCE)
+    if bool((work > bound).any()):
+        row, column = (int(i) for i in (work > bound).nonzero()[0])
+        raise _bad(
+            path,
+            f"its scatter matrix implies a correlation outside [-1, 1] between coordinates {row} and {column}; it"
+            " is corrupt.",
+        )
+
+
 def load_reference_statistics(path: PathLike) -> tuple[Tensor, dict[str, Any]]:
     """Read and validate a reference statistics file written by :func:`save_reference_statistics`.
+
+    Only the header (after checking its length against the file's size) and the statistics tensor are read, so a
+    large file of another kind costs no memory.
 
     Args:
         path: The ``.safetensors`` file.
 
     Returns:
         ``(packed, metadata)``: the packed float64 moments on the CPU, and the metadata with ``image_dim``,
-        ``text_dim``, ``num_samples`` and ``format_version`` as ints, ``eps`` as a float, and
-        ``feature_extractor`` and ``library_version`` as strings.
+        ``text_dim``, ``num_samples`` and ``format_version`` as ints, ``eps`` as a float, ``feature_extractor``
+        and ``library_version`` as strings, and ``image_rms_norm`` and ``text_rms_norm`` as floats (``None`` for
+        files that do not record them).
 
     Raises:
         FileNotFoundError: If ``path`` does not exist.
-        ValueError: If the file is truncated or corrupt, is not a mid-metric reference file (another safetensors
-            file, or not safetensors at all), comes from a newer format version, has inconsistent sizes or
-            counts, or holds NaN or Inf. The message names the file and the problem.
+        IsADirectoryError: If ``path`` is a folder.
+        ValueError: If the file is truncated or corrupt (bytes that do not match the recorded checksum, or a
+            scatter matrix that is not symmetric, has a negative diagonal or contradicts the count), is not a
+            mid-metric reference file (another safetensors file, or not safetensors at all), comes from a newer
+            format version, has inconsistent sizes or counts, or holds NaN or Inf. The message names the file and
+            the problem.
 
     Example:
         >>> import tempfile, os
@@ -188,12 +326,48 @@ def load_reference_statistics(path: PathLike) -> tuple[Tensor, dict[str, Any]]:
         ...
         ValueError: '...not-stats.safetensors' is not a usable mid-metric reference statistics file: it has only 5...
     """
+    import numpy as np
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a str or os.PathLike, got {type(path).__name__}.")
+    if not os.fspath(path):
+        raise ValueError("`path` is empty: give the reference statistics file to load.")
     path = Path(os.fspath(path))
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"Reference statistics file {str(path)!r} is a folder, not a file; give the .safetensors file that"
+            " `save_reference` (or `mid-metric reference`) wrote."
+        )
     if not path.is_file():
         raise FileNotFoundError(f"Reference statistics file {str(path)!r} does not exist (or is not a file).")
-    data = path.read_bytes()
-    header, data_start = _parse_header(path, data)
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        header, data_start = _read_header(path, stream, size)
+        parsed = _parse_metadata(path, header)
+        expected = moments.packed_size(parsed["image_dim"] + parsed["text_dim"])
+        begin, end = _tensor_span(path, header, parsed, expected, size - data_start)
+        stream.seek(data_start + begin)
+        data = stream.read(end - begin)
+    if len(data) != 8 * expected:
+        raise _bad(path, f"it ended after {data_start + begin + len(data)} bytes while being read; it is truncated.")
+    checksum = parsed.pop("tensor_sha256")
+    if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
+        raise _bad(path, "its statistics do not match the SHA-256 checksum recorded in its metadata; it is corrupt.")
+    packed = torch.from_numpy(np.frombuffer(data, dtype="<f8").astype(np.float64))  # safetensors is little-endian
+    if not bool(torch.isfinite(packed).all()):
+        bad = int((~torch.isfinite(packed)).sum())
+        raise _bad(path, f"its statistics contain {bad} NaN or Inf values.")
+    count = float(packed[0])
+    if count != parsed["num_samples"]:
+        raise _bad(
+            path, f"its statistics hold {count:g} pairs but its metadata says num_samples={parsed['num_samples']}."
+        )
+    _check_matrix(path, packed)
+    return packed, parsed
 
+
+def _parse_metadata(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    """Check the ``__metadata__`` of a header and return it parsed (see :func:`load_reference_statistics`)."""
     metadata = header.get("__metadata__")
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise _bad(
@@ -203,7 +377,7 @@ def load_reference_statistics(path: PathLike) -> tuple[Tensor, dict[str, Any]]:
         )
     try:
         version = int(metadata.get("format_version", ""))
-    except ValueError:
+    except (TypeError, ValueError):
         raise _bad(path, f"its format_version {metadata.get('format_version')!r} is not an integer.") from None
     if version > FORMAT_VERSION:
         raise _bad(
@@ -218,23 +392,36 @@ def load_reference_statistics(path: PathLike) -> tuple[Tensor, dict[str, Any]]:
     for key in ("image_dim", "text_dim", "num_samples"):
         try:
             parsed[key] = int(metadata[key])
-        except (KeyError, ValueError):
+        except (KeyError, TypeError, ValueError):
             raise _bad(path, f"its metadata {key!r} is missing or not an integer.") from None
         if parsed[key] < 1:
             raise _bad(path, f"its metadata {key!r} is {parsed[key]}, but must be positive.")
     try:
         parsed["eps"] = float(metadata["eps"])
-    except (KeyError, ValueError):
+    except (KeyError, TypeError, ValueError):
         raise _bad(path, "its metadata 'eps' is missing or not a number.") from None
     if not (0.0 <= parsed["eps"] < math.inf):
         raise _bad(path, f"its metadata 'eps' is {parsed['eps']}, but must be finite and >= 0.")
     parsed["feature_extractor"] = str(metadata.get("feature_extractor", ""))
     parsed["library_version"] = str(metadata.get("library_version", ""))
+    for key in ("image_rms_norm", "text_rms_norm"):
+        parsed[key] = _optional_norm(path, metadata, key)
+    checksum = metadata.get("tensor_sha256")
+    if checksum is not None and not (
+        isinstance(checksum, str) and len(checksum) == 64 and all(c in "0123456789abcdef" for c in checksum)
+    ):
+        raise _bad(path, f"its metadata 'tensor_sha256' is {checksum!r}, not a SHA-256 hex digest.")
+    parsed["tensor_sha256"] = checksum
+    return parsed
 
+
+def _tensor_span(
+    path: Path, header: dict[str, Any], parsed: dict[str, Any], expected: int, data_size: int
+) -> tuple[int, int]:
+    """Return the byte range of the statistics tensor in the data section, checking it against the file's size."""
     entry = header.get(TENSOR_NAME)
     if not isinstance(entry, dict):
         raise _bad(path, f"it holds no tensor named {TENSOR_NAME!r}.")
-    expected = moments.packed_size(parsed["image_dim"] + parsed["text_dim"])
     if entry.get("dtype") != "F64" or entry.get("shape") != [expected]:
         raise _bad(
             path,
@@ -242,27 +429,35 @@ def load_reference_statistics(path: PathLike) -> tuple[Tensor, dict[str, Any]]:
             f" image_dim={parsed['image_dim']} and text_dim={parsed['text_dim']} need F64 and [{expected}].",
         )
     offsets = entry.get("data_offsets")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+    ):
         raise _bad(path, f"the data offsets of {TENSOR_NAME!r} are malformed.")
-    if offsets[1] - offsets[0] != 8 * expected or data_start + offsets[1] > len(data):
+    begin, end = offsets
+    if end - begin != 8 * expected:
         raise _bad(
             path,
-            f"it has {len(data)} bytes but its header needs {data_start + offsets[1]}; it is truncated or corrupt.",
+            f"the data offsets of {TENSOR_NAME!r} span {end - begin} bytes, not {8 * expected}; it is truncated or"
+            " corrupt.",
         )
-
-    from safetensors.torch import load as safetensors_load
-
-    try:
-        tensors = safetensors_load(data)
-    except Exception as error:  # safetensors raises its own error type for any framing problem
-        raise _bad(path, f"safetensors cannot read it ({error}); it is truncated or corrupt.") from None
-    packed = tensors[TENSOR_NAME].to(torch.float64)
-    if not bool(torch.isfinite(packed).all()):
-        bad = int((~torch.isfinite(packed)).sum())
-        raise _bad(path, f"its statistics contain {bad} NaN or Inf values.")
-    count = float(packed[0])
-    if count != parsed["num_samples"]:
+    # safetensors' data section holds exactly the tensors of the header, back to back.
+    described = max(
+        [end]
+        + [
+            int(value["data_offsets"][1])
+            for value in header.values()
+            if isinstance(value, dict)
+            and isinstance(value.get("data_offsets"), list)
+            and len(value["data_offsets"]) == 2
+            and isinstance(value["data_offsets"][1], int)
+        ]
+    )
+    if described != data_size:
+        problem = "truncated or corrupt" if described > data_size else "corrupt (it has trailing data)"
         raise _bad(
-            path, f"its statistics hold {count:g} pairs but its metadata says num_samples={parsed['num_samples']}."
+            path,
+            f"it has {data_size} bytes of data but its header describes {described}; it is {problem}.",
         )
-    return packed, parsed
+    return begin, end

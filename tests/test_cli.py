@@ -9,14 +9,19 @@ call ``cli.main`` in-process (the same code the console script runs), except two
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
 import re
 import shutil
+import stat
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +50,9 @@ def script() -> list[str]:
     return [found] if found else [sys.executable, "-m", "mid_metric"]
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*script(), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300, check=False
+        [*script(), *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300, check=False
     )
 
 
@@ -104,6 +109,13 @@ def encode(extractor, folder: Path, images: list[str], captions: list[str]) -> t
 
 def close(a: float, b: float, tol: float = 1e-4) -> bool:
     return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+def identity_of(folder: Path) -> str:
+    """The recorded name of a local model folder, derived independently: model_type and sha256 of the weights."""
+    model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    return f"local:{model_type}@sha256:{digest[:16]}"
 
 
 # ------------------------------------------------------------------------------------------------ demo
@@ -175,6 +187,10 @@ def test_help_of_the_command_and_of_each_subcommand(capsys):
             "--caption-column",
             "image_features",
             "cuda",
+            "--features-from-model",
+            "--no-check-feature-extractor",
+            "check_feature_extractor=False",
+            "fingerprint",
         ],
     }
     for command, words in expected.items():
@@ -213,7 +229,7 @@ def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_pat
     from mid_metric.reference_io import load_reference_statistics
 
     packed, meta = load_reference_statistics(ref)
-    assert meta["feature_extractor"] == model
+    assert meta["feature_extractor"] == identity_of(work["model"])  # not the path, which depends on the cwd
     assert (meta["image_dim"], meta["text_dim"], meta["num_samples"]) == (TINY_PROJECTION_DIM,) * 2 + (NUM_PAIRS,)
     assert meta["eps"] == EPS
 
@@ -236,6 +252,8 @@ def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_pat
         "5",
         "--device",
         "cpu",
+        "--model",  # a local model is recorded by its fingerprint: the folder must be given again
+        model,
         "--quiet",
         cwd=root,
     )
@@ -249,7 +267,8 @@ def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_pat
     assert close(report["mutual_information"], mutual_information(x, y, eps=EPS).item())
     assert close(report["distance"], expected_mid - report["mutual_information"])
     assert report["num_reference"] == NUM_PAIRS and report["num_candidates"] == NUM_CANDIDATES
-    assert report["model"] == model and report["version"] == mid_metric.__version__
+    assert report["model"] == identity_of(work["model"]) and report["version"] == mid_metric.__version__
+    assert report["reference_model"] == report["model"]
     assert report["eps"] == EPS  # taken from the reference file
     assert (report["image_dim"], report["text_dim"]) == (TINY_PROJECTION_DIM, TINY_PROJECTION_DIM)
 
@@ -287,7 +306,7 @@ def test_captioning_with_reference_pairs_and_generated_captions(work, extractor,
     shown = re.search(r"^MID: (-?\d+\.\d+)", proc.stdout, re.M)
     assert shown and abs(float(shown.group(1)) - expected_mid) < 2e-6 * max(1.0, abs(expected_mid)), proc.stdout
     assert "higher is better" in proc.stdout and f"{NUM_PAIRS} candidate pairs" in proc.stdout
-    assert model in proc.stdout and "Loading" in proc.stderr
+    assert identity_of(work["model"]) in proc.stdout and "Loading" in proc.stderr
 
 
 # ----------------------------------------------------------------------------------- precomputed features
@@ -541,3 +560,519 @@ def test_progress_bar_on_a_tty_only_and_never_with_quiet(work, tmp_path, monkeyp
             assert "Encoding images" in text and f"{NUM_PAIRS}/{NUM_PAIRS}" in text
     monkeypatch.undo()
     capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------------ inputs are never outputs
+def test_outputs_that_are_inputs_are_refused(work, tmp_path, capsys):
+    root, model = work["root"], str(work["model"])
+    gen = torch.Generator().manual_seed(2)
+    np.savez(
+        tmp_path / "real.npz",
+        image_features=torch.randn(30, 3, generator=gen).numpy(),
+        text_features=torch.randn(30, 3, generator=gen).numpy(),
+    )
+    np.savez(
+        tmp_path / "cands.npz",
+        image_features=torch.randn(9, 3, generator=gen).numpy(),
+        text_features=torch.randn(9, 3, generator=gen).numpy(),
+    )
+    ref = tmp_path / "ref.safetensors"
+    assert cli.main(["reference", str(tmp_path / "real.npz"), "-o", str(ref), "-q"]) == 0
+    capsys.readouterr()
+    files = [tmp_path / "real.npz", tmp_path / "cands.npz", ref]
+    before = {path: path.read_bytes() for path in files}
+
+    cands = str(tmp_path / "cands.npz")
+    fail(["score", cands, "--reference", str(ref), "--per-sample", str(ref)], capsys, "--per-sample", "input")
+    (tmp_path / "sub").mkdir()
+    roundabout = str(tmp_path / "sub" / ".." / "ref.safetensors")
+    fail(["score", cands, "--reference", str(ref), "--per-sample", roundabout], capsys, "refusing to overwrite")
+    fail(["score", cands, "--reference", str(ref), "--per-sample", cands], capsys, "cands.npz")
+    os.symlink(ref, tmp_path / "link.csv")
+    fail(["score", cands, "--reference", str(ref), "--per-sample", str(tmp_path / "link.csv")], capsys, "input")
+    fail(
+        ["score", cands, "--reference-pairs", str(tmp_path / "real.npz"), "--per-sample", str(tmp_path / "real.npz")],
+        capsys,
+        "real.npz",
+    )
+    fail(["reference", str(tmp_path / "real.npz"), "-o", str(tmp_path / "real.npz")], capsys, "--output", "input")
+    assert {path: path.read_bytes() for path in files} == before
+
+    # The pairs file of a CLIP run, its images and the model's own files are inputs too.
+    pairs = tmp_path / "pairs.csv"
+    shutil.copy(root / "real" / "pairs.csv", pairs)
+    shutil.copytree(root / "real" / "images", tmp_path / "images")
+    image = tmp_path / "images" / "3.png"
+    protected = [pairs, image, work["model"] / "model.safetensors"]
+    before = {path: path.read_bytes() for path in protected}
+    for output in protected:
+        fail(["reference", str(pairs), "-o", str(output), "--model", model], capsys, "refusing to overwrite")
+    fail(
+        [
+            "score",
+            str(pairs),
+            "--reference-pairs",
+            str(pairs),
+            "--model",
+            model,
+            "--eps",
+            "1e-3",
+            "--per-sample",
+            str(image),
+        ],
+        capsys,
+        "3.png",
+    )
+    assert {path: path.read_bytes() for path in protected} == before
+
+
+# ------------------------------------------------------------------------------------ one line, never a traceback
+def png_bytes(width: int, height: int) -> bytes:
+    """A PNG that announces width x height pixels (its header only, written by hand)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_image_is_one_line(work, bad):
+    # 100,000 x 100,000 pixels in a 100-byte file: PIL refuses it as a decompression bomb (DecompressionBombError).
+    (bad / "images" / "5.png").write_bytes(png_bytes(100_000, 100_000))
+    rows = [{"image": f"images/{i}.png", "caption": f"c {i}"} for i in range(NUM_PAIRS)]
+    write_csv(bad / "pairs.csv", rows, ["image", "caption"])
+    proc = run("reference", "pairs.csv", "-o", "ref.safetensors", "--model", str(work["model"]), "-q", cwd=bad)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mid-metric: error:"), proc.stderr
+    assert "row 6" in lines[0] and "5.png" in lines[0] and "decompression bomb" in lines[0]
+    assert not (bad / "ref.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_unavailable_device_is_one_line_in_every_command(work, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "f.npz", image_features=rng.normal(size=(30, 3)), text_features=rng.normal(size=(30, 3)))
+    out = tmp_path / "ref.safetensors"
+    features_only = ["reference", str(tmp_path / "f.npz"), "-o", str(out)]
+    for device in ("cuda", "cuda:1"):
+        fail([*features_only, "--device", device], capsys, f"--device {device!r}", "--device cpu")
+    assert not out.exists()
+    assert cli.main([*features_only, "--device", "cpu", "-q"]) == 0
+    fail(["score", str(tmp_path / "f.npz"), "--reference", str(out), "--device", "cuda"], capsys, "not available")
+    fail(
+        ["score", str(tmp_path / "f.npz"), "--reference-pairs", str(tmp_path / "f.npz"), "--device", "cuda"],
+        capsys,
+        "not available",
+    )
+    # A CLIP run, through the real console script: one line, no traceback.
+    real = str(work["root"] / "real" / "pairs.csv")
+    proc = run(
+        "reference",
+        real,
+        "-o",
+        str(tmp_path / "clip.safetensors"),
+        "--model",
+        str(work["model"]),
+        "--device",
+        "cuda",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "--device 'cuda'" in proc.stderr
+    assert not (tmp_path / "clip.safetensors").exists()
+
+
+def test_reference_folder_is_reported_as_a_folder(tmp_path, capsys):
+    np.savez(tmp_path / "f.npz", image_features=np.eye(12, 3, dtype="f4"), text_features=np.eye(12, 3, k=1, dtype="f4"))
+    (tmp_path / "refs").mkdir()
+    err = fail(["score", str(tmp_path / "f.npz"), "--reference", str(tmp_path / "refs")], capsys, "is a folder")
+    assert "does not exist" not in err
+
+
+# ------------------------------------------------------------------------------------------ model identity
+@pytest.fixture(scope="module")
+def moved(work, tmp_path_factory):
+    """A layout where the model is given by relative paths: root/tinyclip, root/data.csv, root/elsewhere/."""
+    root = tmp_path_factory.mktemp("relative")
+    shutil.copytree(work["model"], root / "tinyclip")
+    shutil.copytree(work["root"] / "real" / "images", root / "images")
+    shutil.copy(work["root"] / "real" / "pairs.csv", root / "data.csv")
+    (root / "elsewhere").mkdir()
+    proc = run(
+        "reference", "data.csv", "-o", "ref.safetensors", "--model", "tinyclip", "--eps", str(EPS), "-q", cwd=root
+    )
+    assert proc.returncode == 0, proc.stderr
+    return root
+
+
+def test_local_model_is_recorded_by_fingerprint_not_path(moved, work, extractor, capsys, monkeypatch):
+    from mid_metric.reference_io import load_reference_statistics
+
+    _, meta = load_reference_statistics(moved / "ref.safetensors")
+    assert meta["feature_extractor"] == identity_of(moved / "tinyclip") == identity_of(work["model"])
+
+    elsewhere = moved / "elsewhere"
+    # Without --model, the recorded local model cannot be loaded: one clear line asks for it (no download tried).
+    proc = run("score", "../data.csv", "--reference", "../ref.safetensors", cwd=elsewhere)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "--model PATH" in last and identity_of(work["model"]) in last and "Could not load" not in last
+
+    # With the folder given by another relative path, it is recognised as the same model, and scores right.
+    proc = run(
+        "score",
+        "../data.csv",
+        "--reference",
+        "../ref.safetensors",
+        "--model",
+        "../tinyclip",
+        "--json",
+        "-q",
+        cwd=elsewhere,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    real = work["real_rows"]
+    x, y = encode(extractor, work["root"] / "real", [r["image"] for r in real], [r["caption"] for r in real])
+    assert close(report["mid"], mutual_information_divergence(x, y, x, y, eps=EPS).item())
+    assert report["model"] == identity_of(work["model"])
+
+    # Another copy of the same weights is the same model too; other weights are another model.
+    monkeypatch.chdir(elsewhere)
+    argv = ["score", "../data.csv", "--reference", "../ref.safetensors", "--json", "-q"]
+    assert cli.main([*argv, "--model", str(work["model"])]) == 0
+    capsys.readouterr()
+    other = build_tiny_clip(moved / "other-clip", seed=1)
+    err = fail([*argv, "--model", "../other-clip"], capsys, "was built with model", "--no-check-feature-extractor")
+    assert identity_of(other) in err and identity_of(work["model"]) in err
+    # ... unless the check is turned off, and then both names are reported.
+    assert cli.main([*argv, "--model", "../other-clip", "--no-check-feature-extractor"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == identity_of(other) and report["reference_model"] == identity_of(work["model"])
+
+
+def test_hub_id_is_recorded_as_it_is_and_loaded_from_the_cache(work, extractor, tmp_path):
+    # An offline Hugging Face cache that holds the tiny model under the id "tiny-org/tiny-clip".
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--tiny-org--tiny-clip"
+    shutil.copytree(work["model"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = dict(ENV, HF_HUB_CACHE=str(tmp_path / "hub"))
+    root = work["root"]
+    ref = tmp_path / "ref.safetensors"
+    proc = run(
+        "reference",
+        "real/pairs.csv",
+        "-o",
+        str(ref),
+        "--model",
+        "tiny-org/tiny-clip",
+        "--eps",
+        str(EPS),
+        "-q",
+        cwd=root,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    from mid_metric.reference_io import load_reference_statistics
+
+    assert load_reference_statistics(ref)[1]["feature_extractor"] == "tiny-org/tiny-clip"
+    # score takes the model from the file, from any folder.
+    proc = run(
+        "score",
+        str(root / "gen" / "cands.jsonl"),
+        "--image-column",
+        "file",
+        "--caption-column",
+        "prompt",
+        "--reference",
+        str(ref),
+        "--json",
+        "-q",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["model"] == "tiny-org/tiny-clip"
+    real, cands = work["real_rows"], work["cand_rows"]
+    x, y = encode(extractor, root / "real", [r["image"] for r in real], [r["caption"] for r in real])
+    xc, yc = encode(extractor, root / "gen", [r["file"] for r in cands], [r["prompt"] for r in cands])
+    assert close(report["mid"], mutual_information_divergence(x, y, xc, yc, eps=EPS).item())
+    # A local copy of the hub model is another name: refused, unless the check is turned off.
+    proc = run(
+        "score",
+        str(root / "real" / "pairs.csv"),
+        "--reference",
+        str(ref),
+        "--model",
+        str(work["model"]),
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 1 and "--no-check-feature-extractor" in proc.stderr, proc.stderr
+    proc = run(
+        "score",
+        str(root / "real" / "pairs.csv"),
+        "--reference",
+        str(ref),
+        "--model",
+        str(work["model"]),
+        "--no-check-feature-extractor",
+        "--json",
+        "-q",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["reference_model"] == "tiny-org/tiny-clip"
+
+
+# ---------------------------------------------------------------------------------------- mixed feature sources
+def test_features_of_unknown_origin_against_a_model_are_refused_unless_stated(work, extractor, tmp_path, capsys):
+    root, model = work["root"], str(work["model"])
+    real = work["real_rows"]
+    x, y = encode(extractor, root / "real", [r["image"] for r in real], [r["caption"] for r in real])
+    ref = tmp_path / "clip-ref.safetensors"
+    assert (
+        cli.main(
+            ["reference", str(root / "real" / "pairs.csv"), "-o", str(ref), "--model", model, "--eps", str(EPS), "-q"]
+        )
+        == 0
+    )
+    capsys.readouterr()
+
+    # Unnormalised random candidates (as in the report that printed -122256 with exit status 0).
+    gen = torch.Generator().manual_seed(4)
+    raw = {
+        "image_features": torch.randn(20, TINY_PROJECTION_DIM, generator=gen) * 5,
+        "text_features": torch.randn(20, TINY_PROJECTION_DIM, generator=gen) * 5,
+    }
+    save_file(raw, str(tmp_path / "raw.safetensors"))
+    score_raw = ["score", str(tmp_path / "raw.safetensors"), "--reference", str(ref)]
+    fail([*score_raw, "--json"], capsys, "unknown origin", identity_of(work["model"]), "--features-from-model")
+    fail([*score_raw, "--model", model], capsys, "--features-from-model")  # naming the model is no statement
+
+    # Stated: accepted, labelled with the model, and the un-normalised features are warned about.
+    assert cli.main([*score_raw, "--json", "--features-from-model"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["model"] == identity_of(work["model"])
+    warnings = [line for line in captured.err.splitlines() if line.startswith("mid-metric: warning:")]
+    assert len(warnings) == 2 and "image features" in warnings[0] and "text features" in warnings[1]
+    expected_norm = math.sqrt(float(raw["image_features"].double().square().sum(1).mean()))
+    assert f"{expected_norm:.6g}" in warnings[0] and "not L2-normalised" in warnings[0]
+
+    # L2-normalised features of the same model: no warning, and the MID of the features themselves.
+    xc, yc = encode(
+        extractor, root / "gen", [r["file"] for r in work["cand_rows"]], [r["prompt"] for r in work["cand_rows"]]
+    )
+    save_file({"image_features": xc.float(), "text_features": yc.float()}, str(tmp_path / "good.safetensors"))
+    assert (
+        cli.main(
+            [
+                "score",
+                str(tmp_path / "good.safetensors"),
+                "--reference",
+                str(ref),
+                "--json",
+                "--features-from-model",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err
+    expected = mutual_information_divergence(x, y, xc.float().double(), yc.float().double(), eps=EPS).item()
+    assert close(json.loads(captured.out)["mid"], expected)
+
+    # The reverse: a reference of precomputed features, candidates encoded with a model.
+    np.savez(tmp_path / "real.npz", image_features=x.float().numpy(), text_features=y.float().numpy())
+    plain_ref = tmp_path / "plain-ref.safetensors"
+    assert cli.main(["reference", str(tmp_path / "real.npz"), "-o", str(plain_ref), "--eps", str(EPS), "-q"]) == 0
+    cands = [str(root / "gen" / "cands.jsonl"), "--image-column", "file", "--caption-column", "prompt"]
+    fail(
+        ["score", *cands, "--reference", str(plain_ref), "--model", model],
+        capsys,
+        "plain-ref.safetensors",
+        "unknown origin",
+        "--features-from-model",
+    )
+    fail(
+        ["score", *cands, "--reference-pairs", str(tmp_path / "real.npz"), "--model", model, "--eps", str(EPS)],
+        capsys,
+        "real.npz",
+        "unknown origin",
+    )
+    assert (
+        cli.main(
+            ["score", *cands, "--reference", str(plain_ref), "--model", model, "--features-from-model", "--json", "-q"]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == report["reference_model"] == identity_of(work["model"])
+    assert close(report["mid"], mutual_information_divergence(x, y, xc, yc, eps=EPS).item())
+    # In a run of precomputed features only, --model alone would name nothing: it needs the statement.
+    fail(
+        ["score", str(tmp_path / "good.safetensors"), "--reference", str(plain_ref), "--model", model],
+        capsys,
+        "nothing is encoded",
+        "--features-from-model",
+    )
+    assert (
+        cli.main(
+            [
+                "score",
+                str(tmp_path / "good.safetensors"),
+                "--reference",
+                str(plain_ref),
+                "--model",
+                model,
+                "--features-from-model",
+                "--json",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == report["reference_model"] == identity_of(work["model"])
+    # The statement needs a model to refer to.
+    fail(
+        ["score", str(tmp_path / "good.safetensors"), "--reference", str(plain_ref), "--features-from-model"],
+        capsys,
+        "--model",
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the output
+def gaussian_features(tmp_path: Path) -> tuple[Path, Path, torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(80, 3, generator=gen, dtype=torch.float64)
+    y = 0.6 * x + 0.8 * torch.randn(80, 3, generator=gen, dtype=torch.float64)
+    xc = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    yc = 0.4 * xc + 0.9 * torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    np.savez(tmp_path / "real.npz", image_features=x.numpy(), text_features=y.numpy())
+    np.savez(tmp_path / "cands.npz", image_features=xc.numpy(), text_features=yc.numpy())
+    return tmp_path / "real.npz", tmp_path / "cands.npz", x, y, xc, yc
+
+
+def test_text_output_says_when_the_estimator_is_bias_corrected(tmp_path, capsys):
+    real, cands, x, y, xc, yc = gaussian_features(tmp_path)
+    argv = ["score", str(cands), "--reference-pairs", str(real), "-q"]
+    assert cli.main([*argv, "--bias-correction"]) == 0
+    text = capsys.readouterr().out
+    shown = re.search(r"^MID \(bias-corrected\): (-?\d+\.\d+)", text, re.M)
+    expected = mutual_information_divergence(x, y, xc, yc, bias_correction=True).item()
+    assert shown and abs(float(shown.group(1)) - expected) < 1e-5, text
+    assert "estimator: bias-corrected" in text
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    shown = re.search(r"^MID: (-?\d+\.\d+)", text, re.M)
+    assert shown and abs(float(shown.group(1)) - mutual_information_divergence(x, y, xc, yc).item()) < 1e-5
+    assert "MID (bias-corrected)" not in text and "estimator: the paper's estimator (not bias-corrected)" in text
+
+
+@pytest.mark.parametrize("field", ["standard_error", "mid"])
+@pytest.mark.parametrize("output", ["--json", "text"])
+def test_non_finite_result_is_one_line_and_no_output(tmp_path, capsys, monkeypatch, field, output):
+    # The library should not return such a result; if it does, the CLI must neither print Infinity nor exit 0.
+    from mid_metric.metric import MutualInformationDivergence
+
+    real_compute = MutualInformationDivergence.compute_with_ci
+
+    def broken(self, *args, **kwargs):
+        result = real_compute(self, *args, **kwargs)
+        return dataclasses.replace(result, **{field: torch.tensor(float("inf"), dtype=torch.float64)})
+
+    monkeypatch.setattr(MutualInformationDivergence, "compute_with_ci", broken)
+    real, cands, *_ = gaussian_features(tmp_path)
+    per_sample = tmp_path / "pmi.csv"
+    argv = ["score", str(cands), "--reference-pairs", str(real), "--per-sample", str(per_sample)]
+    fail([*argv, *([output] if output == "--json" else [])], capsys, "not a finite number", f"{field} = inf")
+    assert capsys.readouterr().out == "" and not per_sample.exists()
+
+
+def test_json_is_strict_json(tmp_path, capsys):
+    real, cands, x, y, xc, yc = gaussian_features(tmp_path)
+    assert cli.main(["score", str(cands), "--reference-pairs", str(real), "--json", "-q"]) == 0
+    text = capsys.readouterr().out
+
+    def refuse(constant):
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    report = json.loads(text, parse_constant=refuse)
+    assert close(report["mid"], mutual_information_divergence(x, y, xc, yc).item(), 1e-9)
+
+
+def test_big_endian_npz_is_read_and_odd_dtypes_are_named(tmp_path, capsys):
+    real, _, x, y, xc, yc = gaussian_features(tmp_path)
+    np.savez(tmp_path / "big.npz", image_features=xc.numpy().astype(">f8"), text_features=yc.numpy().astype(">f4"))
+    assert cli.main(["score", str(tmp_path / "big.npz"), "--reference-pairs", str(real), "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = mutual_information_divergence(x, y, xc, yc.float().double()).item()
+    assert close(report["mid"], expected, 1e-9)
+    np.savez(tmp_path / "complex.npz", image_features=xc.numpy().astype(np.complex64), text_features=yc.numpy())
+    fail(
+        ["score", str(tmp_path / "complex.npz"), "--reference-pairs", str(real)],
+        capsys,
+        "complex.npz",
+        "'image_features'",
+        "floating-point",
+    )
+
+
+def test_output_files_get_the_umask_permissions(tmp_path, capsys):
+    real, cands, *_ = gaussian_features(tmp_path)
+    old = os.umask(0o027)
+    try:
+        assert cli.main(["reference", str(real), "-o", str(tmp_path / "ref.safetensors"), "-q"]) == 0
+        assert (
+            cli.main(
+                [
+                    "score",
+                    str(cands),
+                    "--reference",
+                    str(tmp_path / "ref.safetensors"),
+                    "--per-sample",
+                    str(tmp_path / "pmi.csv"),
+                    "-q",
+                ]
+            )
+            == 0
+        )
+        capsys.readouterr()
+        for name in ("ref.safetensors", "pmi.csv"):
+            assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o640, name  # 0o666 & ~0o027, as open() does
+        os.umask(0o002)
+        (tmp_path / "fresh.csv").write_text("")  # what open() gives under this umask, for comparison
+        assert (
+            cli.main(
+                [
+                    "score",
+                    str(cands),
+                    "--reference",
+                    str(tmp_path / "ref.safetensors"),
+                    "--per-sample",
+                    str(tmp_path / "new.csv"),
+                    "-q",
+                ]
+            )
+            == 0
+        )
+        capsys.readouterr()
+        assert (
+            stat.S_IMODE(os.stat(tmp_path / "new.csv").st_mode)
+            == stat.S_IMODE(os.stat(tmp_path / "fresh.csv").st_mode)
+            == 0o664
+        )
+    finally:
+        os.umask(old)

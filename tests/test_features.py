@@ -6,9 +6,13 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers / huggingface_hub are imported by this module
 
+import hashlib
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +27,8 @@ from mid_metric.features import (
     FeatureExtractor,
     as_feature_extractor,
     load_clip,
+    model_identity,
+    same_model,
 )
 from mid_metric.functional import mutual_information_divergence, pointwise_mutual_information
 
@@ -92,12 +98,20 @@ def token_ids(hf, caption):
     return hf[1].tokenizer(caption)["input_ids"]  # the tokenizer of the fixture never truncates by itself
 
 
+def expected_identity(folder, files=("model.safetensors",)):
+    """Derived independently: config.json's model_type, and sha256 of the weights files read back to back."""
+    folder = Path(folder)
+    model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    digest = hashlib.sha256(b"".join((folder / name).read_bytes() for name in files)).hexdigest()
+    return f"local:{model_type}@sha256:{digest[:16]}"
+
+
 # ------------------------------------------------------------------------------------------------ features
 def test_loaded_extractor_properties(clip_dir):
     extractor = load_clip(str(clip_dir))
     assert isinstance(extractor, ClipFeatureExtractor) and isinstance(extractor, FeatureExtractor)
     assert (extractor.image_dim, extractor.text_dim) == (TINY_PROJECTION_DIM, TINY_PROJECTION_DIM)
-    assert extractor.name == str(clip_dir)
+    assert extractor.name == expected_identity(clip_dir)  # what the folder holds, not where it is
     assert extractor.max_text_length == TINY_CONTEXT_LENGTH
     assert all(not p.requires_grad for p in extractor.parameters())
     assert not extractor.model.training
@@ -455,4 +469,71 @@ def test_import_stays_light_and_missing_transformers_is_explained(clip_dir):
     assert proc.returncode == 0, proc.stderr
     assert "VALUE:" in proc.stdout
     assert "needs Hugging Face transformers, which is not installed" in proc.stdout
-    assert repr(str(clip_dir)) in proc.stdout and "pip install 'mid-metric[clip]'" in proc.stdout
+    assert repr(str(clip_dir)) in proc.stdout and 'pip install ".[clip]"' in proc.stdout
+    assert "mid-metric[" not in proc.stdout  # the package is on no index: the hint must work from a clone
+
+
+# ------------------------------------------------------------------------------------------------ model identity
+def test_local_model_identity_does_not_depend_on_the_path(clip_dir, tmp_path, monkeypatch):
+    identity = expected_identity(clip_dir)
+    assert identity.startswith("local:clip@sha256:") and len(identity.rsplit(":", 1)[1]) == 16
+    shutil.copytree(clip_dir, tmp_path / "tinyclip")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert model_identity("tinyclip") == identity
+    assert load_clip("tinyclip").name == identity
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert model_identity("../tinyclip") == model_identity(str(clip_dir)) == identity
+    # A hub id stays a hub id; an identity is its own identity.
+    assert model_identity("openai/clip-vit-large-patch14") == "openai/clip-vit-large-patch14"
+    assert model_identity(identity) == identity
+    with pytest.raises(OSError, match="no such folder"):
+        model_identity("./no-such-model")
+    with pytest.raises(OSError, match="identity recorded for a local model folder"):
+        load_clip(identity)
+
+
+def test_local_model_identity_follows_the_weights(clip_dir, hf, tmp_path):
+    other = build_tiny_clip(tmp_path / "other", seed=1)
+    assert model_identity(str(other)) == expected_identity(other) != expected_identity(clip_dir)
+    # A sharded checkpoint: its shards in name order, hashed as one stream.
+    model, processor = hf
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    processor.save_pretrained(tmp_path / "sharded")
+    index = json.loads((tmp_path / "sharded" / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1
+    assert model_identity(str(tmp_path / "sharded")) == expected_identity(tmp_path / "sharded", shards)
+    # A readable name from the config's hub id, when the folder was saved from a hub model.
+    config = json.loads((other / "config.json").read_text())
+    config["_name_or_path"] = "openai/clip-vit-base-patch32"
+    (other / "config.json").write_text(json.dumps(config))
+    renamed = model_identity(str(other))
+    assert renamed.startswith("local:openai/clip-vit-base-patch32@sha256:")
+    assert same_model(renamed, expected_identity(other)) and not same_model(renamed, expected_identity(clip_dir))
+    config["_name_or_path"] = str(tmp_path / "some" / "path")  # a path is no name: model_type instead
+    (other / "config.json").write_text(json.dumps(config))
+    assert model_identity(str(other)) == expected_identity(other)
+
+
+def test_model_processor_pair_from_a_folder_is_named_by_identity(clip_dir):
+    model = transformers.CLIPModel.from_pretrained(str(clip_dir))
+    processor = transformers.CLIPProcessor.from_pretrained(str(clip_dir))
+    assert ClipFeatureExtractor(model, processor).name == expected_identity(clip_dir)
+    assert ClipFeatureExtractor(model, processor, name="mine").name == "mine"
+
+
+def test_reference_saved_with_a_relative_model_path_loads_from_another_folder(clip_dir, batch, tmp_path, monkeypatch):
+    images, captions = batch
+    shutil.copytree(clip_dir, tmp_path / "tinyclip")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    metric = MutualInformationDivergence(feature="tinyclip", eps=EPS)
+    metric.update(images[:40], captions[:40], real=True)
+    metric.save_reference("ref.safetensors")
+    metric.update(images[40:], captions[40:], real=False)
+    expected = metric.compute().item()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    scorer = MutualInformationDivergence.from_reference("../ref.safetensors", feature="../tinyclip")  # name checked
+    scorer.update(images[40:], captions[40:], real=False)
+    assert scorer.compute().item() == pytest.approx(expected, abs=1e-10)

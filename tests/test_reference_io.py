@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import stat
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -248,7 +252,7 @@ def assert_rejected(path, match, exc=ValueError):
     metric = MutualInformationDivergence(feature=(DX, DY))
     with pytest.raises(exc, match=match):
         metric.load_reference(path)
-    assert metric._loaded_count == 0
+    assert metric._loaded.count == 0
 
 
 def test_missing_file(tmp_path):
@@ -375,7 +379,7 @@ def test_dims_must_match_metric(good_file, pairs):
     before = metric.reference_moments.clone()
     with pytest.raises(ValueError, match=r"\(image_dim, text_dim\) = \(4, 3\), but this metric has \(3, 4\)"):
         metric.load_reference(good_file)
-    assert torch.equal(metric.reference_moments, before) and metric._loaded_count == 0
+    assert torch.equal(metric.reference_moments, before) and metric._loaded.count == 0
     with pytest.raises(ValueError, match="image_dim, text_dim"):
         MutualInformationDivergence.from_reference(good_file, feature=5)
     with pytest.raises(ValueError, match="image_dim, text_dim"):
@@ -400,12 +404,12 @@ def test_feature_extractor_name_is_checked(good_file, pairs):
         MutualInformationDivergence.from_reference(good_file, feature=other)
     # Opting out.
     metric = MutualInformationDivergence.from_reference(good_file, feature=other, check_feature_extractor=False)
-    assert metric._loaded_count == pairs[0].shape[0]
+    assert metric._loaded.count == pairs[0].shape[0]
     metric = MutualInformationDivergence(feature=other)
     metric.load_reference(good_file, check_feature_extractor=False)
-    assert metric._loaded_count == pairs[0].shape[0]
+    assert metric._loaded.count == pairs[0].shape[0]
     # The same name passes.
-    assert MutualInformationDivergence(feature=_toy_extractor("toy"), reference=good_file)._loaded_count > 0
+    assert MutualInformationDivergence(feature=_toy_extractor("toy"), reference=good_file)._loaded.count > 0
     # A features-mode metric has no name of its own and adopts the file's, which it writes back.
     plain = MutualInformationDivergence.from_reference(good_file)
     assert plain.feature_extractor_name == "toy"
@@ -414,10 +418,10 @@ def test_feature_extractor_name_is_checked(good_file, pairs):
 def test_loads_onto_metric_device(good_file):
     metric = MutualInformationDivergence(feature=(DX, DY)).to(torch.device("cpu"))
     metric.load_reference(good_file)
-    assert metric._loaded_reference.device == metric.reference_moments.device
-    assert metric._loaded_reference.dtype == torch.float64
+    assert metric._loaded.moments.device == metric.reference_moments.device
+    assert metric._loaded.moments.dtype == torch.float64
     metric.half()  # dtype requests keep the statistics float64
-    assert metric._loaded_reference.dtype == torch.float64
+    assert metric._loaded.moments.dtype == torch.float64
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -425,14 +429,14 @@ def test_loads_onto_cuda_and_follows_moves(good_file, pairs):
     x, y, x0, y0 = pairs
     metric = MutualInformationDivergence(feature=(DX, DY)).to("cuda")
     metric.load_reference(good_file)
-    assert metric._loaded_reference.is_cuda
+    assert metric._loaded.moments.is_cuda
     metric.update(x0, y0, real=False)
     assert metric.compute().is_cuda
     assert metric.compute().item() == pytest.approx(ref_mid(x, y, x0, y0), rel=1e-9)
     moved = MutualInformationDivergence.from_reference(good_file).to("cuda")
-    assert moved._loaded_reference.is_cuda
+    assert moved._loaded.moments.is_cuda
     moved.cpu()
-    assert moved._loaded_reference.device.type == "cpu"
+    assert moved._loaded.moments.device.type == "cpu"
 
 
 # ------------------------------------------------------------------------------------------------ DDP
@@ -464,3 +468,201 @@ def test_ddp_loaded_reference_is_counted_once(tmp_path, pairs):
         assert result["mid"].item() == pytest.approx(expected, rel=1e-9)
     # The file re-saved under DDP holds the reference once, not once per rank.
     assert load_reference_statistics(tmp_path / "resaved.safetensors")[1]["num_samples"] == x.shape[0]
+
+
+# ------------------------------------------------------------------------------------------------ corruption
+def data_offset(path, index):
+    """Byte offset in the file of element ``index`` of the stored tensor (independent header parsing)."""
+    data = Path(path).read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    begin = json.loads(data[8 : 8 + size])[TENSOR_NAME]["data_offsets"][0]
+    return 8 + size + begin + 8 * index
+
+
+def outer_index(row, column):
+    dim = DX + DY
+    return 1 + 2 * dim + row * dim + column
+
+
+def flip(path, offset, mask, out):
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= mask
+    Path(out).write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("byte", [2, 3, 5, 6, 7])
+@pytest.mark.parametrize("entry", [(5, 2), (6, 0), (1, 0)])
+def test_flipped_byte_in_the_scatter_matrix_is_refused(tmp_path, good_file, pairs, byte, entry):
+    # One flipped byte in the lower triangle of S2. The file records a checksum of its statistics, ...
+    offset = data_offset(good_file, outer_index(*entry)) + byte
+    bad = flip(good_file, offset, 0x10, tmp_path / "flipped.safetensors")
+    assert_rejected(bad, "do not match the SHA-256 checksum")
+    # ... and files without one (mid-metric 0.1.0) are checked for symmetry.
+    packed = moments.symmetrized(moments.from_features(torch.cat(pairs[:2], 1)))
+    old_style = write_stats(tmp_path / "old.safetensors", packed)
+    assert "tensor_sha256" not in read_header(old_style)["__metadata__"]
+    load_reference_statistics(old_style)  # loads before the flip
+    offset = data_offset(old_style, outer_index(*entry)) + byte
+    assert_rejected(flip(old_style, offset, 0x10, tmp_path / "old-flipped.safetensors"), "not symmetric")
+
+
+def test_flipped_byte_in_the_diagonal_or_sums_is_refused(tmp_path, good_file):
+    for index in (outer_index(3, 3), 1 + DX + DY + 2, 2):  # a diagonal entry, S1, the shift
+        offset = data_offset(good_file, index) + 6
+        bad = flip(good_file, offset, 0x10, tmp_path / f"flipped{index}.safetensors")
+        assert_rejected(bad, "checksum")
+
+
+def test_scatter_matrix_must_be_a_real_scatter_matrix(tmp_path, pairs):
+    x, y, _, _ = pairs
+    z = torch.cat([x, y], 1)
+    n = z.shape[0]
+    packed = moments.symmetrized(moments.from_features(z))
+    fields = moments.unpack(packed)
+
+    negative = packed.clone()
+    moments.unpack(negative).shifted_outer_sum[2, 2] *= -1
+    assert_rejected(write_stats(tmp_path / "neg.safetensors", negative), "negative diagonal entry")
+
+    # Off-diagonal entries beyond Cauchy-Schwarz (a correlation of 2), symmetric so that only this check sees it.
+    wide = packed.clone()
+    outer = moments.unpack(wide).shifted_outer_sum
+    bound = math.sqrt(float(outer[4, 4] * outer[1, 1]))
+    outer[4, 1] = outer[1, 4] = 2 * bound
+    assert_rejected(write_stats(tmp_path / "wide.safetensors", wide), r"correlation outside \[-1, 1\]")
+
+    # The same pairs described about a shift far from their mean (a valid representation, written by hand) ...
+    delta = torch.full((DX + DY,), 10.0, dtype=torch.float64)
+    d = z - (fields.shift + delta)
+    moved = moments.empty_moments(DX + DY)
+    parts = moments.unpack(moved)
+    parts.count.fill_(n)
+    parts.shift.copy_(fields.shift + delta)
+    parts.shifted_sum.copy_(d.sum(0))
+    parts.shifted_outer_sum.copy_(d.T @ d)
+    load_reference_statistics(write_stats(tmp_path / "moved.safetensors", moved))
+    # ... with a count that contradicts the sums: sum(d)^2 = n^2 100 > count * sum(d^2) = count * n * 100-ish.
+    wrong = moved.clone()
+    wrong[0] = n // 2
+    assert_rejected(write_stats(tmp_path / "count.safetensors", wrong), "inconsistent with its count of 45 pairs")
+
+
+def test_files_symmetric_to_rounding_only_still_load(tmp_path, pairs):
+    # mid-metric 0.1.0 summed the full matrix, whose two triangles could differ in the last bits.
+    packed = moments.symmetrized(moments.from_features(torch.cat(pairs[:2], 1)))
+    outer = moments.unpack(packed).shifted_outer_sum
+    upper = torch.triu(torch.ones_like(outer, dtype=torch.bool), diagonal=1)
+    outer[upper] = outer[upper] * (1 + 4e-16)
+    assert not torch.equal(outer, outer.T)
+    loaded, meta = load_reference_statistics(write_stats(tmp_path / "old.safetensors", packed))
+    assert torch.equal(loaded, packed)
+    assert meta["image_rms_norm"] is None and meta["text_rms_norm"] is None  # not recorded by 0.1.0
+
+
+def test_rms_norms_are_recorded(tmp_path, pairs):
+    x, y, _, _ = pairs
+    path = fitted(x, y).save_reference(tmp_path / "ref.safetensors")
+    meta = read_header(path)["__metadata__"]
+    assert float(meta["image_rms_norm"]) == pytest.approx(float(x.square().sum(1).mean().sqrt()), rel=1e-12)
+    assert float(meta["text_rms_norm"]) == pytest.approx(float(y.square().sum(1).mean().sqrt()), rel=1e-12)
+    _, parsed = load_reference_statistics(path)
+    assert parsed["image_rms_norm"] == float(meta["image_rms_norm"])
+    # L2-normalised features record 1.
+    unit = fitted(x / x.norm(dim=1, keepdim=True), y / y.norm(dim=1, keepdim=True))
+    _, parsed = load_reference_statistics(unit.save_reference(tmp_path / "unit.safetensors"))
+    assert abs(parsed["image_rms_norm"] - 1) < 1e-12 and abs(parsed["text_rms_norm"] - 1) < 1e-12
+    packed, _ = load_reference_statistics(path)
+    assert_rejected(write_stats(tmp_path / "norm.safetensors", packed, image_rms_norm="-1"), "'image_rms_norm'")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+LARGE_FILE_CHECK = """
+import resource, sys
+from mid_metric.reference_io import load_reference_statistics
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for path in sys.argv[1:]:
+    try:
+        load_reference_statistics(path)
+    except ValueError as error:
+        print("REFUSED", error)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print("GROWTH_KIB", after - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux")
+def test_large_file_of_another_kind_is_refused_without_reading_it(tmp_path):
+    gib = 1 << 30
+    # A safetensors file of model weights with a 1 GiB tensor, and 1 GiB of zeros (sparse files: no disk used).
+    weights = tmp_path / "weights.safetensors"
+    header = json.dumps({"weight": {"dtype": "F32", "shape": [gib // 4], "data_offsets": [0, gib]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(weights, "wb") as stream:
+        stream.write(struct.pack("<Q", len(header)) + header)
+        stream.truncate(8 + len(header) + gib)
+    zeros = tmp_path / "zeros.safetensors"
+    with open(zeros, "wb") as stream:
+        stream.truncate(gib)
+    claims = tmp_path / "claims.safetensors"  # announces a header far larger than the file
+    claims.write_bytes(struct.pack("<Q", 1 << 40) + b"{}")
+    proc = subprocess.run(
+        [sys.executable, "-c", LARGE_FILE_CHECK, str(weights), str(zeros), str(claims)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len([line for line in lines if line.startswith("REFUSED")]) == 3, proc.stdout
+    assert "weights.safetensors" in lines[0] and "without the metadata format" in lines[0]
+    assert "zeros.safetensors" in lines[1] and "not valid JSON" in lines[1]
+    assert "claims.safetensors" in lines[2] and "claims 1099511627776 bytes" in lines[2]
+    growth_kib = int(lines[-1].split()[1])
+    assert growth_kib < 64 * 1024, proc.stdout  # reading either file whole would take 1 GiB
+
+
+def test_trailing_data_is_refused(tmp_path, good_file):
+    longer = tmp_path / "longer.safetensors"
+    longer.write_bytes(good_file.read_bytes() + b"\0" * 8)
+    assert_rejected(longer, "trailing data")
+
+
+def test_folder_and_empty_paths(tmp_path, pairs):
+    x, y, _, _ = pairs
+    folder = tmp_path / "refs"
+    folder.mkdir()
+    assert_rejected(folder, "is a folder", IsADirectoryError)
+    with pytest.raises(ValueError, match="`path` is empty"):
+        load_reference_statistics("")
+    metric = fitted(x, y)
+    with pytest.raises(ValueError, match="`path` is empty"):
+        metric.save_reference("")
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        metric.save_reference(folder)
+    assert sorted(os.listdir(tmp_path)) == ["refs"] and os.listdir(folder) == []
+
+
+# ------------------------------------------------------------------------------------------------ permissions
+def test_new_files_get_the_umask_permissions_and_replaced_files_keep_theirs(tmp_path, pairs):
+    x, y, _, _ = pairs
+    metric = fitted(x, y)
+    old = os.umask(0o022)
+    try:
+        for umask, expected in ((0o022, 0o644), (0o027, 0o640), (0o002, 0o664)):
+            os.umask(umask)
+            path = metric.save_reference(tmp_path / f"ref-{umask:o}.safetensors")
+            with open(tmp_path / f"plain-{umask:o}", "w"):
+                pass  # what open() gives, for comparison
+            assert stat.S_IMODE(os.stat(path).st_mode) == expected
+            assert stat.S_IMODE(os.stat(tmp_path / f"plain-{umask:o}").st_mode) == expected
+        # Replacing a file keeps its permissions, as open(path, "w") would.
+        os.umask(0o077)
+        shared = tmp_path / "ref-22.safetensors"
+        os.chmod(shared, 0o664)
+        metric.save_reference(shared)
+        assert stat.S_IMODE(os.stat(shared).st_mode) == 0o664
+    finally:
+        os.umask(old)
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from mid_metric import moments
+from mid_metric.features import same_model
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -61,7 +62,10 @@ class LoadedReference:
 def check_reference_file(
     metadata: dict[str, Any], path: PathLike, dims: tuple[int, int], extractor_name: str, check_extractor: bool
 ) -> None:
-    """Refuse a reference file whose dimensions, or whose feature extractor's name, differ from the metric's.
+    """Refuse a reference file whose dimensions, or whose feature extractor, differ from the metric's.
+
+    Extractor names are compared as :func:`mid_metric.features.same_model` does: hub ids by name, local model
+    folders (``local:<name>@sha256:<fingerprint>``) by the fingerprint of their weights.
 
     Raises:
         ValueError: On a mismatch.
@@ -82,7 +86,7 @@ def check_reference_file(
             " build the metric with the same feature extractor as the file."
         )
     theirs = metadata["feature_extractor"]
-    if check_extractor and theirs and extractor_name and theirs != extractor_name:
+    if check_extractor and theirs and extractor_name and not same_model(theirs, extractor_name):
         raise ValueError(
             f"Reference statistics {where} were computed with the feature extractor {theirs!r}, but this metric"
             f" uses {extractor_name!r}; MID values from different extractors are not comparable. Pass"

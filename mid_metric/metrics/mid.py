@@ -466,6 +466,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
 
         Raises:
             FileNotFoundError: If the file does not exist.
+            IsADirectoryError: If ``path`` is a folder.
             ValueError: If the file is corrupt, of the wrong kind or of a newer format, holds NaN, or its
                 dimensions or feature extractor do not match this metric.
         """
@@ -479,21 +480,25 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """Save the reference statistics to a safetensors file (atomically), to score candidates against later.
 
         The file holds the float64 count, mean and scatter of the reference pairs (about ``8 (Dx + Dy + 1)^2``
-        bytes: 19 MB for ViT-L/14) with the feature extractor's name, the dimensions, the sample count, ``eps``
-        and the library version. Load it with :meth:`from_reference` or the ``reference=`` argument.
+        bytes: 19 MB for ViT-L/14) with the feature extractor's name, the dimensions, the sample count, ``eps``,
+        the root-mean-square norms of the image and text features, a SHA-256 of the statistics and the library
+        version. Load it with :meth:`from_reference` or the ``reference=`` argument.
 
         Under DDP this syncs the reference across ranks, so call it on every rank; rank 0 writes the file.
 
         Args:
             path: Destination file, e.g. ``"coco-val2014-vit-l-14.safetensors"``.
             feature_extractor: Name to record for the extractor of the features; defaults to the metric's
-                ``feature_extractor_name`` (the model's name in model mode, ``""`` when features were passed).
+                ``feature_extractor_name``: in model mode the hub id, or ``local:<name>@sha256:<fingerprint>`` for a
+                local folder (:func:`mid_metric.features.model_identity`); ``""`` when features were passed.
 
         Returns:
             The path written.
 
         Raises:
-            ValueError: If there are no reference pairs yet.
+            ValueError: If there are no reference pairs yet, or ``path`` is empty.
+            IsADirectoryError: If ``path`` is a folder.
+            FileNotFoundError: If the folder of ``path`` does not exist.
 
         Example:
             >>> import os, tempfile
@@ -540,6 +545,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
 
         Raises:
             FileNotFoundError: If the file does not exist.
+            IsADirectoryError: If ``path`` is a folder.
             ValueError: If the file is invalid or does not match ``feature`` (see :meth:`load_reference`).
         """
         from mid_metric.reference_io import load_reference_statistics
