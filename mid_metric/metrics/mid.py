@@ -470,7 +470,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
             ValueError: If the file is corrupt, of the wrong kind or of a newer format, holds NaN, or its
                 dimensions or feature extractor do not match this metric.
         """
-        from mid_metric.reference_io import load_reference_statistics
+        from mid_metric.io.reference_files import load_reference_statistics
 
         packed, metadata = load_reference_statistics(path)
         check = self.check_feature_extractor if check_feature_extractor is None else check_feature_extractor
@@ -512,7 +512,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
             >>> torch.allclose(scorer.compute(), mid.compute(), rtol=0, atol=1e-12)
             True
         """
-        from mid_metric.reference_io import save_reference_statistics
+        from mid_metric.io.reference_files import save_reference_statistics
 
         name = self.feature_extractor_name if feature_extractor is None else feature_extractor
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=True, should_unsync=True):
@@ -548,7 +548,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
             IsADirectoryError: If ``path`` is a folder.
             ValueError: If the file is invalid or does not match ``feature`` (see :meth:`load_reference`).
         """
-        from mid_metric.reference_io import load_reference_statistics
+        from mid_metric.io.reference_files import load_reference_statistics
 
         if "reference" in kwargs:
             raise TypeError("from_reference() takes the reference file as `path`; do not pass `reference=` too.")

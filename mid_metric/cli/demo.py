@@ -21,6 +21,7 @@ and prints it next to these values.
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from dataclasses import dataclass
@@ -30,7 +31,8 @@ from typing import Optional, Sequence, TextIO
 import torch
 from torch import Tensor
 
-from mid_metric.metric import MutualInformationDivergence
+from mid_metric.cli.parser import CommandError
+from mid_metric.metrics import MutualInformationDivergence
 
 __all__ = [
     "DemoRow",
@@ -303,7 +305,7 @@ def plot_report(report: DemoReport, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mid_metric.pairs import atomic_output
+    from mid_metric.io.atomic import atomic_output
 
     fractions = torch.linspace(0.0, 1.0, 101)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
@@ -350,3 +352,19 @@ def main(seed: int = 0, plot: Optional[Path] = None, stream: Optional[TextIO] = 
         plot_report(report, plot)
         print(f"\nPlot written to {plot}", file=out)
     return 0
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """``mid-metric demo``: check ``--plot`` first, then run :func:`main`."""
+    plot = Path(args.plot) if args.plot else None
+    if plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise CommandError(
+                "--plot needs matplotlib: pip install matplotlib (or, in the mid-metric source folder,"
+                ' pip install ".[plot]").'
+            ) from None
+        if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
+            raise CommandError(f"Cannot write {str(plot)!r}: folder {str(plot.parent)!r} does not exist.")
+    return main(seed=args.seed, plot=plot)

@@ -1,0 +1,63 @@
+"""The ``mid-metric`` command line (also ``python -m mid_metric``).
+
+Subcommands:
+
+- ``mid-metric demo [--plot out.png]``: MID on a Gaussian model whose answer is known in closed form;
+- ``mid-metric reference PAIRS -o ref.safetensors --model MODEL``: build reference statistics once from real
+  (image, caption) pairs;
+- ``mid-metric score PAIRS --reference ref.safetensors`` (or ``--reference-pairs REAL_PAIRS --model MODEL``):
+  print MID of candidate pairs, with ``--per-sample out.csv`` and ``--json``.
+
+PAIRS is a CSV/TSV/JSONL file with an image path column and a caption column (see :mod:`mid_metric.io.pairs`), or a
+``.safetensors``/``.npz`` file of precomputed ``image_features`` and ``text_features``. Bad input ends the command
+with one line on stderr and exit status 1 (2 for a command-line usage error), and no output file is left behind:
+every file is written to a temporary name and moved into place only when complete. An output path that is one of
+the command's inputs (a PAIRS or reference file, an image, a model file) is refused before anything is done.
+
+Models are recorded by :func:`mid_metric.features.model_identity`: a Hugging Face id as it is, a local folder as
+``local:<name>@sha256:<fingerprint of its weights>``, so a reference file names its model the same way from any
+working directory. Features files carry no model name: scoring them against features of a known model is refused
+unless ``--features-from-model`` states that they come from that model.
+
+One module per command (:mod:`~mid_metric.cli.demo`, :mod:`~mid_metric.cli.reference`,
+:mod:`~mid_metric.cli.score`), with the parser in :mod:`~mid_metric.cli.parser` and what they share in
+:mod:`~mid_metric.cli.session`. Only the CLIP path imports transformers, so ``mid-metric demo`` and precomputed
+features never do.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from mid_metric.cli.demo import run_demo_command
+from mid_metric.cli.parser import EXIT_BAD_INPUT, EXIT_INTERRUPTED, PROG, CommandError, build_parser
+from mid_metric.cli.reference import run_reference
+from mid_metric.cli.score import run_score
+from mid_metric.cli.session import one_line
+
+__all__ = ["main", "build_parser", "CommandError"]
+
+_COMMANDS = {"demo": run_demo_command, "reference": run_reference, "score": run_score}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run ``mid-metric`` with ``argv`` (``sys.argv[1:]`` when ``None``) and return the exit status.
+
+    Bad input (missing or unreadable files, missing columns, corrupt images, empty captions, an incompatible
+    reference, too few pairs) prints one line ``mid-metric: error: ...`` on stderr and returns 1; argument errors
+    exit with status 2.
+
+    Example:
+        >>> main(["score", "missing.csv", "--reference", "ref.safetensors", "--quiet"])
+        1
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CommandError, ValueError, OSError, ImportError, RuntimeError) as error:
+        print(f"{PROG}: error: {one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT

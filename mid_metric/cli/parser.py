@@ -1,0 +1,253 @@
+"""The argument parser of ``mid-metric``: its commands, options and their help."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import textwrap
+from typing import Callable
+
+import torch
+
+from mid_metric._version import __version__
+
+PROG = "mid-metric"
+
+
+#: Exit status for bad input (missing files, bad rows, incompatible reference, too few pairs, ...).
+EXIT_BAD_INPUT = 1
+
+
+#: Exit status when interrupted with Ctrl-C.
+EXIT_INTERRUPTED = 130
+
+
+#: Name recorded for the feature extractor when the features were computed elsewhere and no --model is given.
+PRECOMPUTED = "precomputed"
+
+
+class CommandError(Exception):
+    """A problem with the user's input, reported as one line on stderr with a non-zero exit status."""
+
+
+# ------------------------------------------------------------------------------------------ argument parsing
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """Return an argparse type that accepts integers >= ``minimum``."""
+    expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+
+
+_non_negative_int = _int_at_least(0)
+
+
+def _eps(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the descriptions' line breaks, and show the defaults that say something."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        meaningful = not (action.default is None or action.default is False or action.default == argparse.SUPPRESS)
+        if meaningful and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+_PAIRS_HELP = textwrap.fill(
+    "PAIRS is a CSV (.csv, .tsv) or JSON Lines (.jsonl) file with one (image, caption) pair per row: an image path"
+    " column and a caption column (see --image-column, --caption-column); image paths are relative to the file."
+    " It may instead be a .safetensors or .npz file holding 2-D arrays 'image_features' and 'text_features'"
+    " (one row per pair, e.g. L2-normalised CLIP features computed elsewhere), which needs no model.",
+    width=104,
+)
+
+
+def _add_common_options(parser: argparse.ArgumentParser, model_help: str, eps_default: str) -> None:
+    group = parser.add_argument_group("features")
+    group.add_argument("--model", metavar="MODEL", help=model_help)
+    group.add_argument("--image-column", default="image", metavar="NAME", help="column of PAIRS with the image path")
+    group.add_argument("--caption-column", default="caption", metavar="NAME", help="column of PAIRS with the caption")
+    group.add_argument(
+        "--device",
+        default=_default_device(),
+        help="device the CLIP model runs on (default: cuda when available, else cpu); an unavailable device is an"
+        " error in every run, also one that needs no model",
+    )
+    group.add_argument(
+        "--batch-size", type=_positive_int, default=64, metavar="N", help="images or captions encoded at once"
+    )
+    group.add_argument(
+        "--num-workers",
+        type=_non_negative_int,
+        default=0,
+        metavar="N",
+        help="worker processes that read and decode images (0: the main process)",
+    )
+    group.add_argument(
+        "--eps",
+        type=_eps,
+        default=None,
+        help=f"added to the diagonal of every covariance (default: {eps_default}). 0 reproduces the paper, which"
+        " hints at 5e-4 for fewer than 30,000 reference pairs; with 0, more than image_dim + text_dim reference"
+        " pairs are needed",
+    )
+    group.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar and no messages on stderr (errors and warnings still show)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of ``mid-metric`` with its three subcommands.
+
+    Example:
+        >>> args = build_parser().parse_args(["score", "gen.csv", "--reference", "ref.safetensors", "--json"])
+        >>> args.command, args.reference, args.json, args.eps  # eps None: the reference file's, else 0
+        ('score', 'ref.safetensors', True, None)
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Mutual Information Divergence (MID, Kim et al., NeurIPS 2022) for text-to-image and captioning models.\n\n"
+            "Reference pairs (real images and their captions, as CLIP features) define a joint Gaussian; MID is the\n"
+            "mean pointwise mutual information of the candidate pairs under it. Higher is better: candidates whose\n"
+            "images and captions match as well as the real ones score about the reference's mutual information."
+        ),
+        epilog=(
+            "examples:\n"
+            "  mid-metric demo --plot demo.png\n"
+            "  mid-metric reference coco_val.csv -o coco_ref.safetensors --model openai/clip-vit-large-patch14\n"
+            "  mid-metric score generator_a.csv --reference coco_ref.safetensors --per-sample a.csv --json\n"
+            "  mid-metric score captions.csv --reference-pairs captions.csv --generated-caption-column generated \\\n"
+            "      --model openai/clip-vit-large-patch14\n\n"
+            "Run 'mid-metric COMMAND --help' for the options of each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = commands.add_parser(
+        "demo",
+        help="show what MID measures on a Gaussian model with a known answer (no network, no model weights)",
+        formatter_class=_Formatter,
+        description=(
+            "Draw reference pairs from a Gaussian image/text model whose mutual information is known in closed form,\n"
+            "score candidate sets from aligned, through partly shuffled captions, to fully shuffled ones, and print\n"
+            "the estimated MID next to the analytic value of each set. Needs no network and no model weights."
+        ),
+    )
+    demo.add_argument("--plot", metavar="OUT.png", help="also draw the table as a figure (needs matplotlib)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed; the demo is deterministic for a given seed")
+
+    reference = commands.add_parser(
+        "reference",
+        help="build a reference statistics file from real (image, caption) pairs",
+        formatter_class=_Formatter,
+        description=(
+            "Encode real (image, caption) pairs with a CLIP model and write their Gaussian statistics (count, mean\n"
+            "and scatter in float64, with the model name and feature sizes) to a .safetensors file. Build it once,\n"
+            "then score any number of candidate sets against it with 'mid-metric score --reference'.\n\n" + _PAIRS_HELP
+        ),
+    )
+    reference.add_argument("pairs", metavar="PAIRS", help="real (image, caption) pairs, or a features file")
+    reference.add_argument(
+        "-o", "--output", required=True, metavar="REF.safetensors", help="reference statistics file to write"
+    )
+    _add_common_options(
+        reference,
+        "Hugging Face CLIP model id or local model folder that encodes the pairs (e.g."
+        " openai/clip-vit-large-patch14); needed unless PAIRS is a features file, where it states the model the"
+        " features come from. An id is recorded as it is, a local folder as local:NAME@sha256:FINGERPRINT of its"
+        " weights, which 'score' recognises from any working directory",
+        eps_default="0; it is recorded in the output, and 'score --reference' uses it",
+    )
+
+    score = commands.add_parser(
+        "score",
+        help="print MID of candidate pairs against a reference",
+        formatter_class=_Formatter,
+        description=(
+            "Print MID of the candidate pairs in PAIRS against a reference: a statistics file from 'mid-metric\n"
+            "reference' (--reference) or real pairs encoded on the fly (--reference-pairs with --model).\n\n"
+            "Text-to-image: PAIRS holds the generated images with the prompts they were generated from.\n"
+            "Captioning: PAIRS holds the images with the generated captions (--generated-caption-column).\n\n"
+            + _PAIRS_HELP
+        ),
+    )
+    score.add_argument("pairs", metavar="PAIRS", help="candidate (image, caption) pairs, or a features file")
+    source = score.add_mutually_exclusive_group(required=True)
+    source.add_argument("--reference", metavar="REF.safetensors", help="reference statistics file")
+    source.add_argument(
+        "--reference-pairs", metavar="REAL_PAIRS", help="real (image, caption) pairs, or a features file"
+    )
+    score.add_argument(
+        "--generated-caption-column",
+        metavar="NAME",
+        help="captioning: take the candidates' captions from this column of PAIRS instead of --caption-column",
+    )
+    score.add_argument(
+        "--per-sample",
+        metavar="OUT.csv",
+        help="write one row per candidate: row, image, caption and its pointwise mutual information (pmi)",
+    )
+    score.add_argument(
+        "--bias-correction",
+        action="store_true",
+        help="use the bias-corrected estimator, whose value does not drift with the number of samples (see the"
+        " README); published MID numbers use the paper's uncorrected estimator, the default. Needs --eps 0",
+    )
+    score.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object (MID, its terms, counts, standard error and 95%% confidence interval, model,"
+        " version) instead of text",
+    )
+    score.add_argument(
+        "--features-from-model",
+        action="store_true",
+        help="state that the precomputed features (PAIRS or REAL_PAIRS as a features file, or a --reference built"
+        " from one without --model) were computed with the model of the run (--model, else the one recorded in"
+        " --reference). Without it, features of unknown origin are scored only against features of unknown origin",
+    )
+    score.add_argument(
+        "--no-check-feature-extractor",
+        action="store_true",
+        help="accept a --model whose name differs from the one recorded in --reference (e.g. a local copy of a hub"
+        " model), as check_feature_extractor=False does in the Python API; both names are reported",
+    )
+    _add_common_options(
+        score,
+        "Hugging Face CLIP model id or local model folder that encodes images and captions; defaults to the"
+        " model recorded in --reference, and must be the same model (a local folder is compared by the"
+        " fingerprint of its weights, not by its path)",
+        eps_default="the eps recorded in --reference, else 0",
+    )
+    return parser

@@ -1,0 +1,335 @@
+"""What the commands share: console output, reading and encoding pairs, devices, models and reference files."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from mid_metric import _checks
+from mid_metric.cli.parser import PROG, CommandError
+from mid_metric.features import is_local_model_identity, model_identity, same_model
+from mid_metric.io.pairs import (
+    FeaturePairs,
+    PairsError,
+    PairsTable,
+    is_features_file,
+    load_image,
+    read_features,
+    read_pairs,
+)
+
+
+# ---------------------------------------------------------------------------------------------- messages
+class Console:
+    """Messages and progress on stderr, silenced by --quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def info(self, message: str) -> None:
+        """Print a progress or status line on stderr, unless ``--quiet``."""
+        if not self.quiet:
+            print(message, file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        """One line ``mid-metric: warning: ...`` on stderr, shown even with --quiet."""
+        print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+    def quiet_transformers(self) -> None:
+        """Hide transformers' own progress bars unless ours show, and its warnings under --quiet."""
+        try:
+            from transformers.utils import logging as hf_logging
+        except ImportError:  # load_clip reports the missing package
+            return
+        if self.quiet or not sys.stderr.isatty():
+            hf_logging.disable_progress_bar()
+        if self.quiet:
+            hf_logging.set_verbosity_error()
+
+    def progress(self, total: int, description: str) -> Any:
+        """Return a tqdm bar on stderr, or a no-op when quiet, when stderr is not a TTY, or without tqdm."""
+        enabled = not self.quiet and sys.stderr.isatty()
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:  # pragma: no cover - tqdm comes with the [clip] extra
+                enabled = False
+        if not enabled:
+            return _NoProgress()
+        return tqdm(total=total, desc=description, unit="img", file=sys.stderr, dynamic_ncols=True)
+
+
+class _NoProgress:
+    def update(self, count: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------------------------------ feature sources
+@dataclass
+class Features:
+    """Encoded (or precomputed) pairs with what is needed to report them."""
+
+    images: Tensor
+    texts: Tensor
+    source: Path
+    table: Optional[PairsTable] = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decodes the images of a pairs table; errors are returned, not raised, so workers report them cleanly."""
+
+    def __init__(self, table: PairsTable) -> None:
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table.pairs)
+
+    def __getitem__(self, index: int) -> tuple[Any, Optional[str]]:
+        try:
+            return load_image(self.table.pairs[index], self.table.source), None
+        except PairsError as err:
+            return None, str(err)
+
+
+def _collate(batch: list[tuple[Any, Optional[str]]]) -> list[tuple[Any, Optional[str]]]:
+    return batch
+
+
+def read_source(path: str, args: argparse.Namespace, caption_column: str, caption_option: str) -> Any:
+    """Read PAIRS: a features file as it is, or a table of image paths and captions (checked to exist)."""
+    if is_features_file(path):
+        return read_features(path)
+    return read_pairs(path, args.image_column, caption_column, caption_option=caption_option)
+
+
+def _check_images_exist(table: PairsTable) -> None:
+    for pair in table.pairs:
+        if not pair.image_path.is_file():
+            raise PairsError(f"{table.source}, row {pair.row}: image {str(pair.image_path)!r} does not exist.")
+
+
+def _encode(table: PairsTable, extractor: Any, args: argparse.Namespace, console: Console) -> Features:
+    """Encode the images (through a DataLoader, with a progress bar) and the captions of a pairs table."""
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(table),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=_collate,
+        shuffle=False,
+    )
+    image_chunks = []
+    bar = console.progress(len(table), f"Encoding images of {table.source.name}")
+    try:
+        for batch in loader:
+            errors = [error for _, error in batch if error is not None]
+            if errors:
+                raise PairsError(errors[0])
+            image_chunks.append(extractor.encode_images([image for image, _ in batch]).float().cpu())
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    captions = [pair.caption for pair in table.pairs]
+    text_chunks = [
+        extractor.encode_texts(captions[start : start + args.batch_size]).float().cpu()
+        for start in range(0, len(captions), args.batch_size)
+    ]
+    return Features(torch.cat(image_chunks), torch.cat(text_chunks), table.source, table)
+
+
+class Session:
+    """Loads the feature extractor once, on demand, and turns PAIRS files into features."""
+
+    def __init__(self, args: argparse.Namespace, console: Console, model: Optional[str]) -> None:
+        self.args = args
+        self.console = console
+        self.model = model
+        self._extractor: Any = None
+
+    def extractor(self, needed_for: Path) -> Any:
+        """Return the ``--model`` feature extractor, loaded once; ``needed_for`` names the file that needs it."""
+        if self._extractor is None:
+            if not self.model:
+                raise CommandError(
+                    f"{needed_for} holds image paths and captions, so a CLIP model is needed to encode them: pass"
+                    " --model (a Hugging Face model id such as openai/clip-vit-large-patch14, or a local model folder)."
+                )
+            from mid_metric.features import load_clip
+
+            if is_local_model_identity(self.model):
+                raise CommandError(
+                    f"{needed_for} holds image paths and captions, and the reference was built with a local model"
+                    f" folder, recorded as {self.model!r}: pass --model PATH with that folder to encode them."
+                )
+            check_device(self.args.device)
+            self.console.quiet_transformers()
+            self.console.info(f"Loading {self.model} on {self.args.device} ...")
+            self._extractor = load_clip(self.model, device=self.args.device, batch_size=self.args.batch_size)
+        return self._extractor
+
+    def features(self, source: Any) -> Features:
+        """Return the features of a source: read from a features file, or encoded with the model."""
+        if isinstance(source, FeaturePairs):
+            return Features(source.image_features, source.text_features, source.source)
+        _check_images_exist(source)  # fail before loading the model and encoding anything
+        extractor = self.extractor(source.source)
+        return _encode(source, extractor, self.args, self.console)
+
+
+def check_reference_count(count: int, image_dim: int, text_dim: int, eps: float, what: str) -> None:
+    """Refuse too few reference pairs (by :func:`mid_metric._checks.check_reference_count`), naming ``what``."""
+    try:
+        _checks.check_reference_count(count, image_dim + text_dim, eps)
+    except ValueError as error:
+        raise CommandError(f"{what} holds {count} pairs: {error} (On the command line, `eps` is --eps.)") from None
+
+
+def check_device(text: str) -> torch.device:
+    """Return ``--device`` as a torch device, or fail with one line when it is not one or is not available here."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise CommandError(f"--device {text!r} is not a torch device (use e.g. cpu, cuda or cuda:1).") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise CommandError(f"--device {text!r} is not available: {why}; use --device cpu.")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise CommandError(
+                f"--device {text!r} is not available: this machine has {count} CUDA device(s), cuda:0 to"
+                f" cuda:{count - 1}."
+            )
+        return device
+    try:
+        torch.empty(1, device=device)
+    except Exception as error:  # each backend fails its own way (RuntimeError, AssertionError, ...)
+        raise CommandError(f"--device {text!r} is not available here ({one_line(error)}); use --device cpu.") from None
+    return device
+
+
+def recorded_identity(model: Optional[str]) -> Optional[str]:
+    """The recorded name of a --model: the id as it is, a local folder as its weights' fingerprint."""
+    return model_identity(model) if model else None
+
+
+def matches_recorded_model(requested: str, identity: str, recorded: str) -> bool:
+    """Whether --model (as given, and its identity) is the model a reference file records.
+
+    Identities are compared (local folders by the fingerprint of their weights, wherever they are). Files of
+    mid-metric 0.1.0 recorded --model as it was typed; such a path still matches when it names the same folder
+    from here.
+    """
+    if same_model(identity, recorded):
+        return True
+    if is_local_model_identity(recorded):
+        return False
+    first, second = Path(requested).expanduser(), Path(recorded).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
+# -------------------------------------------------------------------------------------- reference files
+def save_reference(path: str, metric: Any, model: Optional[str]) -> None:
+    """Write the metric's reference statistics (atomically: a temporary file, then a rename)."""
+    metric.save_reference(path, feature_extractor=model or "")
+
+
+def check_reference_file(path: str) -> None:
+    """Refuse a ``--reference`` that is a folder or does not exist, with one line."""
+    if Path(path).is_dir():
+        raise CommandError(
+            f"Reference file {path!r} is a folder; --reference takes the .safetensors file that 'mid-metric"
+            " reference' wrote."
+        )
+    if not Path(path).is_file():
+        raise CommandError(f"Reference file {path!r} does not exist.")
+
+
+def load_reference(path: str, eps: Optional[float], bias_correction: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Return a metric holding the reference of ``path``, and the file's metadata."""
+    from mid_metric.io.reference_files import load_reference_statistics
+    from mid_metric.metrics import MutualInformationDivergence
+
+    check_reference_file(path)
+    _, metadata = load_reference_statistics(path)  # checks the file before anything else is done
+    options: dict[str, Any] = {"check_feature_extractor": False, "bias_correction": bias_correction}
+    # (the CLI compares model names itself)
+    if eps is not None:
+        options["eps"] = eps
+    return MutualInformationDivergence.from_reference(path, **options), metadata
+
+
+# ------------------------------------------------------------------------------------- inputs and outputs
+def input_files(args: argparse.Namespace, sources: Sequence[Any], files: Sequence[Optional[str]]) -> list[Path]:
+    """Every file a command reads: PAIRS and reference files, the images they list, the model folder's files."""
+    paths = [Path(file) for file in files if file]
+    for source in sources:
+        if source is None:
+            continue
+        paths.append(source.source)
+        if isinstance(source, PairsTable):
+            paths.extend(pair.image_path for pair in source.pairs)
+    model = getattr(args, "model", None)
+    if model and Path(model).expanduser().is_dir():
+        paths.extend(path for path in Path(model).expanduser().iterdir() if path.is_file())
+    return paths
+
+
+def refuse_overwriting_inputs(outputs: dict[str, Optional[str]], inputs: Sequence[Path]) -> None:
+    """Fail when an output path is (a link to, or another name of) one of the inputs."""
+    for option, output in outputs.items():
+        if not output:
+            continue
+        try:
+            target = os.stat(output)
+        except OSError:
+            continue  # it does not exist yet, so it is no input
+        for path in inputs:
+            try:
+                found = os.stat(path)
+            except OSError:
+                continue
+            if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+                raise CommandError(
+                    f"{option} {output!r} is the input file {str(path)!r}; refusing to overwrite an input. Give"
+                    f" {option} another file name."
+                )
+
+
+# --------------------------------------------------------------------------------------------- commands
+def new_metric(image_dim: int, text_dim: int, eps: float, bias_correction: bool = False) -> Any:
+    """A metric for features of these sizes (imported here, so that ``--help`` stays fast)."""
+    from mid_metric.metrics import MutualInformationDivergence
+
+    return MutualInformationDivergence(feature=(image_dim, text_dim), eps=eps, bias_correction=bias_correction)
+
+
+def check_output_folder(path: str) -> None:
+    """Refuse an empty output path, a folder, or a path whose folder does not exist."""
+    if not path:
+        raise CommandError("The output file name is empty.")
+    if Path(path).is_dir():
+        raise CommandError(f"Cannot write {path!r}: it is a folder; give a file name.")
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise CommandError(f"Cannot write {path!r}: folder {str(folder)!r} does not exist.")
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line (its type name when it has none)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text
