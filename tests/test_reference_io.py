@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _ddp import run_in_processes
 from reference_impl import ref_mid
 from safetensors.torch import save as safetensors_save
 from safetensors.torch import save_file
@@ -440,29 +441,23 @@ def test_loads_onto_cuda_and_follows_moves(good_file, pairs):
 
 
 # ------------------------------------------------------------------------------------------------ DDP
-def _ddp_worker(rank, init_file, path, out_dir):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        gen = torch.Generator().manual_seed(11)
-        x0 = torch.randn(30, DX, generator=gen, dtype=torch.float64)
-        y0 = torch.randn(30, DY, generator=gen, dtype=torch.float64)
-        metric = MutualInformationDivergence.from_reference(path)  # every rank loads the same file
-        share = slice(0, 10) if rank == 0 else slice(10, 30)
-        metric.update(x0[share], y0[share], real=False)
-        value = metric.compute()
-        metric.save_reference(os.path.join(out_dir, "resaved.safetensors"))
-        torch.save({"mid": value, "x0": x0, "y0": y0}, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank, world_size, path, out_dir):
+    gen = torch.Generator().manual_seed(11)
+    x0 = torch.randn(30, DX, generator=gen, dtype=torch.float64)
+    y0 = torch.randn(30, DY, generator=gen, dtype=torch.float64)
+    metric = MutualInformationDivergence.from_reference(path)  # every rank loads the same file
+    share = slice(0, 10) if rank == 0 else slice(10, 30)
+    metric.update(x0[share], y0[share], real=False)
+    value = metric.compute()
+    metric.save_reference(os.path.join(out_dir, "resaved.safetensors"))
+    return {"mid": value, "x0": x0, "y0": y0}
 
 
 @pytest.mark.slow
 def test_ddp_loaded_reference_is_counted_once(tmp_path, pairs):
     x, y, _, _ = pairs
     path = fitted(x, y).save_reference(tmp_path / "ref.safetensors")
-    init_file = tmp_path / "dist-init"
-    torch.multiprocessing.spawn(_ddp_worker, args=(str(init_file), str(path), str(tmp_path)), nprocs=2, join=True)
-    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    results = run_in_processes(_ddp_worker, str(path), str(tmp_path))
     expected = ref_mid(x, y, results[0]["x0"], results[0]["y0"])
     for result in results:
         assert result["mid"].item() == pytest.approx(expected, rel=1e-9)

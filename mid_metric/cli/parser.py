@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import textwrap
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -153,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_demo_command(commands)
+    _add_reference_command(commands)
+    _add_score_command(commands)
+    return parser
 
+
+def _add_demo_command(commands: Any) -> None:
     demo = commands.add_parser(
         "demo",
         help="show what MID measures on a Gaussian model with a known answer (no network, no model weights)",
@@ -167,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", metavar="OUT.png", help="also draw the table as a figure (needs matplotlib)")
     demo.add_argument("--seed", type=int, default=0, help="random seed; the demo is deterministic for a given seed")
 
+
+def _add_reference_command(commands: Any) -> None:
     reference = commands.add_parser(
         "reference",
         help="build a reference statistics file from real (image, caption) pairs",
@@ -190,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
         eps_default="0; it is recorded in the output, and 'score --reference' uses it",
     )
 
+
+def _add_score_command(commands: Any) -> None:
     score = commands.add_parser(
         "score",
         help="print MID of candidate pairs against a reference",
@@ -250,4 +260,3 @@ def build_parser() -> argparse.ArgumentParser:
         " fingerprint of its weights, not by its path)",
         eps_default="the eps recorded in --reference, else 0",
     )
-    return parser
