@@ -13,12 +13,22 @@ def assert_same_state(metric, before):
         assert torch.equal(value.view(torch.int64), before[name].view(torch.int64)), name  # bit-identical
 
 
+def _copy(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, list):  # a list state: a list of tensors
+        return [part.clone() for part in value]
+    return dict(value)
+
+
 def snapshot_state_dict(metric):
-    """A deep copy of ``metric.state_dict()`` (tensors cloned, the extra state copied)."""
-    return {
-        key: value.clone() if isinstance(value, torch.Tensor) else dict(value)
-        for key, value in metric.state_dict().items()
-    }
+    """A deep copy of ``metric.state_dict()`` (tensors and list states cloned, the extra state copied)."""
+    return {key: _copy(value) for key, value in metric.state_dict().items()}
+
+
+def _assert_same_tensor(value, old, key):
+    assert value.dtype == old.dtype and value.shape == old.shape, key
+    assert torch.equal(value.reshape(-1).view(torch.uint8), old.reshape(-1).view(torch.uint8)), key  # bit-identical
 
 
 def assert_same_state_dict(metric, before):
@@ -26,8 +36,10 @@ def assert_same_state_dict(metric, before):
     assert sorted(after) == sorted(before)
     for key, value in after.items():
         if isinstance(value, torch.Tensor):
-            old = before[key]
-            assert value.dtype == old.dtype and value.shape == old.shape, key
-            assert torch.equal(value.view(torch.uint8), old.view(torch.uint8)), key  # bit-identical
+            _assert_same_tensor(value, before[key], key)
+        elif isinstance(value, list):
+            assert isinstance(before[key], list) and len(value) == len(before[key]), key
+            for part, old in zip(value, before[key]):
+                _assert_same_tensor(part, old, key)
         else:
             assert value == before[key], key

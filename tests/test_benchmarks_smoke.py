@@ -43,3 +43,22 @@ def test_benchmark_script_quick_tiny(tmp_path: Path) -> None:
     assert plot.stat().st_size > 0
     for line in ("update throughput", "compute() <", "end to end", "peak memory", "sync bytes"):
         assert any(line in out and ("[PASS]" in out or "[FAIL]" in out) for out in done.stdout.splitlines()), line
+
+
+@pytest.mark.slow
+def test_companion_benchmark_quick(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\nkept above\n\n<!-- BEGIN companions -->\nold\n<!-- END companions -->\n")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "companions.py"), "--quick", "--results", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = results.read_text()
+    assert "kept above" in text and "\nold\n" not in text and text.count("<!-- BEGIN companions -->") == 1
+    for title in ("Peak memory", "Time of all updates", "Agreement with the official twins", "**Target:**"):
+        assert title in text, title
+    assert "[PASS]" in done.stdout

@@ -1076,3 +1076,67 @@ def test_output_files_get_the_umask_permissions(tmp_path, capsys):
         )
     finally:
         os.umask(old)
+
+
+# ------------------------------------------------------------------------------------ --metrics (one feature pass)
+def _unit(rows: torch.Tensor) -> torch.Tensor:
+    return rows / rows.norm(dim=1, keepdim=True)
+
+
+def test_score_computes_every_requested_metric_from_one_feature_pass(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(21)
+    x = _unit(torch.randn(300, 6, generator=g))
+    y = _unit(x + 0.7 * torch.randn(300, 6, generator=g))
+    xc = _unit(y[:120] + 0.9 * torch.randn(120, 6, generator=g))
+    yc = y[:120]
+    save_file({"image_features": x, "text_features": y}, str(tmp_path / "ref.safetensors"))
+    save_file({"image_features": xc, "text_features": yc}, str(tmp_path / "cand.safetensors"))
+    out = tmp_path / "per_sample.csv"
+    argv = ["score", str(tmp_path / "cand.safetensors"), "--reference-pairs", str(tmp_path / "ref.safetensors")]
+    argv += ["--metrics", "infonce,mid,clip-score,r-precision", "--json", "--per-sample", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert list(report["metrics"]) == ["mid", "clip-score", "r-precision", "infonce"]  # the documented order
+
+    # Independent values, from the formulas (float64 on the float32 features).
+    xd, yd = xc.double(), yc.double()
+    cos = _unit(xd) @ _unit(yd).T  # cos(image_j, text_k)
+    clip_s = 2.5 * cos.diagonal().clamp(min=0)
+    infonce = torch.softmax(cos, dim=1).diagonal()
+    r_prec = ((cos <= cos.diagonal().unsqueeze(1)).sum(dim=1).double() / 120) ** 99
+    expected = {
+        "mid": mutual_information_divergence(x.double(), y.double(), xd, yd).item(),
+        "clip-score": clip_s.mean().item(),
+        "r-precision": r_prec.mean().item(),
+        "infonce": infonce.mean().item(),
+    }
+    for name, value in expected.items():
+        assert math.isclose(report["metrics"][name]["value"], value, rel_tol=1e-6, abs_tol=1e-9), name
+    assert report["mid"] == report["metrics"]["mid"]["value"]  # the MID fields stay where they were
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["row", "image", "caption", "pmi", "clip_score", "r_precision", "infonce"]
+    columns = {"clip_score": clip_s, "r_precision": r_prec, "infonce": infonce}
+    for column, values in columns.items():
+        assert np.allclose([float(r[column]) for r in rows], values.numpy(), rtol=1e-6, atol=1e-9), column
+    pmi = pointwise_mutual_information(x.double(), y.double(), xd, yd)
+    assert np.allclose([float(r["pmi"]) for r in rows], pmi.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_score_without_mid_and_bad_metric_names(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(22)
+    x, y = _unit(torch.randn(40, 4, generator=g)), _unit(torch.randn(40, 4, generator=g))
+    save_file({"image_features": x, "text_features": y}, str(tmp_path / "f.safetensors"))
+    base = ["score", str(tmp_path / "f.safetensors"), "--reference-pairs", str(tmp_path / "f.safetensors")]
+    assert cli.main([*base, "--metrics", "clip-score", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    expected = (2.5 * (x.double() * y.double()).sum(dim=1).clamp(min=0)).mean().item()
+    assert f"CLIP-S: {expected:.6f}" in text and "MID" not in text
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*base, "--metrics", "mid,fid"])
+    assert exit_info.value.code == 2
+    assert "expected a comma-separated list of mid, clip-score, r-precision, infonce" in capsys.readouterr().err

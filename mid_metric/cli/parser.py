@@ -63,6 +63,18 @@ def _eps(text: str) -> float:
     return value
 
 
+#: The metrics ``score --metrics`` can compute, in the order they are reported.
+METRIC_NAMES = ("mid", "clip-score", "r-precision", "infonce")
+
+
+def _metric_names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in names if name not in METRIC_NAMES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METRIC_NAMES)}; got {text!r}")
+    return tuple(name for name in METRIC_NAMES if name in names)
+
+
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -227,6 +239,15 @@ def _add_score_command(commands: Any) -> None:
         "--per-sample",
         metavar="OUT.csv",
         help="write one row per candidate: row, image, caption and its pointwise mutual information (pmi)",
+    )
+    score.add_argument(
+        "--metrics",
+        type=_metric_names,
+        default=("mid",),
+        metavar="NAMES",
+        help="comma-separated metrics to compute from the one feature pass: mid, clip-score (CLIP-S, weight 2.5,"
+        " clamped at 0), r-precision (the exact expectation of CLIP-R-Precision with 99 negatives) and infonce (the"
+        " mean softmax probability of the matching caption, temperature 1); MID by default",
     )
     score.add_argument(
         "--bias-correction",

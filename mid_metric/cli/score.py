@@ -53,20 +53,60 @@ def _result_fields(result: Any) -> dict[str, Any]:
     return {name: _scalar(getattr(result, name)) for name in ("mid", "mutual_information", "distance")}
 
 
-def _write_per_sample(path: str, candidates: Features, pmi: Tensor) -> None:
+def _write_per_sample(path: str, candidates: Features, columns: dict[str, Tensor]) -> None:
+    """Write one row per candidate pair: its row, image and caption, then one column per metric."""
     with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "image", "caption", "pmi"])
-        values = pmi.tolist()
+        writer.writerow(["row", "image", "caption", *columns])
+        values = list(zip(*(column.tolist() for column in columns.values())))
         if candidates.table is not None:
-            for pair, value in zip(candidates.table.pairs, values):
-                writer.writerow([pair.row, pair.image, pair.caption, repr(value)])
+            for pair, row_values in zip(candidates.table.pairs, values):
+                writer.writerow([pair.row, pair.image, pair.caption, *map(repr, row_values)])
         else:
-            for row, value in enumerate(values, start=1):
-                writer.writerow([row, "", "", repr(value)])
+            for row, row_values in enumerate(values, start=1):
+                writer.writerow([row, "", "", *map(repr, row_values)])
+
+
+#: Per metric of ``--metrics`` (MID apart): its class name in :mod:`mid_metric.metrics`, its label, and its column in
+#: the per-sample CSV.
+_COMPANIONS = {
+    "clip-score": ("CLIPScore", "CLIP-S", "clip_score"),
+    "r-precision": ("CLIPRPrecision", "CLIP-R-Precision", "r_precision"),
+    "infonce": ("InfoNCE", "InfoNCE", "infonce"),
+}
+
+
+def _companion_scores(names: tuple[str, ...], candidates: Features, dims: tuple[int, int]) -> dict[str, Any]:
+    """Compute each requested companion metric on the candidates' features: ``{name: (value, per-sample values)}``."""
+    from mid_metric import metrics
+
+    scores = {}
+    for name in names:
+        if name == "mid":
+            continue
+        metric = getattr(metrics, _COMPANIONS[name][0])(feature=dims)
+        metric.update(candidates.images, candidates.texts)
+        scores[name] = (float(metric.compute()), metric.per_sample())
+    return scores
 
 
 def _format_text(report: dict[str, Any]) -> str:
+    """The report as text: MID with its terms and interval, then one line per other metric, then the run."""
+    lines = _format_mid(report) if "mid" in report else []
+    for name, entry in report["metrics"].items():
+        if name != "mid":
+            lines.append(f"{_COMPANIONS[name][1]}: {entry['value']:.6f}  (higher is better)")
+    model = report["model"] or "(precomputed features)"
+    if report.get("reference_model") != report["model"]:
+        model += f"; reference model {report.get('reference_model') or '(precomputed features)'}"
+    lines.append(
+        f"  {report['num_candidates']} candidate pairs, {report['num_reference']} reference pairs;"
+        f" model {model}; eps {report['eps']:g}"
+    )
+    return "\n".join(lines)
+
+
+def _format_mid(report: dict[str, Any]) -> list[str]:
     corrected = bool(report.get("bias_corrected"))
     title = "MID (bias-corrected)" if corrected else "MID"
     lines = [f"{title}: {report['mid']:.6f}  (higher is better)"]
@@ -84,14 +124,7 @@ def _format_text(report: dict[str, Any]) -> str:
         else "the paper's estimator (not bias-corrected)"
     )
     lines.append(f"  estimator: {estimator}")
-    model = report["model"] or "(precomputed features)"
-    if report.get("reference_model") != report["model"]:
-        model += f"; reference model {report.get('reference_model') or '(precomputed features)'}"
-    lines.append(
-        f"  {report['num_candidates']} candidate pairs, {report['num_reference']} reference pairs;"
-        f" model {model}; eps {report['eps']:g}"
-    )
-    return "\n".join(lines)
+    return lines
 
 
 def _rms_norm(features: Tensor) -> float:
@@ -172,6 +205,7 @@ def run_score(args: argparse.Namespace) -> int:
                     " this model, drop --model, or pass --no-check-feature-extractor if both denote the same model."
                 )
         check_reference_count(metadata["num_samples"], image_dim, text_dim, eps, str(args.reference))
+        num_reference = int(metadata["num_samples"])
         session = Session(args, console, args.model or recorded or None)
         run_model = requested or recorded or None
         reference_model = recorded or None
@@ -222,6 +256,7 @@ def run_score(args: argparse.Namespace) -> int:
         reference = session.features(reference_source)
         image_dim, text_dim = reference.images.shape[1], reference.texts.shape[1]
         check_reference_count(len(reference), image_dim, text_dim, eps, str(reference.source))
+        num_reference = len(reference)
         metric = new_metric(image_dim, text_dim, eps, args.bias_correction)
         metric.update(reference.images, reference.texts, real=True)
         reference_norms = (_rms_norm(reference.images), _rms_norm(reference.texts))
@@ -236,10 +271,17 @@ def run_score(args: argparse.Namespace) -> int:
     if len(candidates) < 2:
         raise CommandError(f"{candidates.source} holds {len(candidates)} pair; MID needs at least 2 candidate pairs.")
     _warn_unnormalised(console, reference_norms, candidates, str(reference_label))
-    metric.update(candidates.images, candidates.texts, real=False)
-    result = metric.compute_with_ci()  # MID, its terms, a standard error and a 95% confidence interval
-
-    report: dict[str, Any] = _result_fields(result)
+    report: dict[str, Any] = {}
+    if "mid" in args.metrics:
+        metric.update(candidates.images, candidates.texts, real=False)
+        result = metric.compute_with_ci()  # MID, its terms, a standard error and a 95% confidence interval
+        report.update(_result_fields(result))
+    else:  # the counts, for the report
+        report.update({"num_reference": num_reference, "num_candidates": len(candidates)})
+    companions = _companion_scores(args.metrics, candidates, (image_dim, text_dim))
+    report["metrics"] = {
+        name: ({"value": report["mid"]} if name == "mid" else {"value": companions[name][0]}) for name in args.metrics
+    }
     report.update(
         {
             "model": candidates_model or reference_model,
@@ -253,16 +295,22 @@ def run_score(args: argparse.Namespace) -> int:
         }
     )
     _check_finite(report)
+    _check_finite({name: entry["value"] for name, entry in report["metrics"].items()})
     if args.per_sample:
-        pmi = metric.pmi(candidates.images, candidates.texts)
-        if not bool(torch.isfinite(pmi).all()):
-            row = int((~torch.isfinite(pmi)).nonzero()[0]) + 1
-            raise CommandError(
-                f"the pointwise mutual information of candidate row {row} is not finite; {args.per_sample} is not"
-                " written."
-            )
-        _write_per_sample(args.per_sample, candidates, pmi)
-        console.info(f"Wrote {args.per_sample}: the PMI of each of the {len(candidates)} candidate pairs.")
+        columns: dict[str, Tensor] = {}
+        if "mid" in args.metrics:
+            columns["pmi"] = metric.pmi(candidates.images, candidates.texts)
+        for name, (_, values) in companions.items():
+            columns[_COMPANIONS[name][2]] = values
+        for column, values in columns.items():
+            if not bool(torch.isfinite(values).all()):
+                row = int((~torch.isfinite(values)).nonzero()[0]) + 1
+                raise CommandError(
+                    f"the {column} of candidate row {row} is not finite; {args.per_sample} is not written."
+                )
+        _write_per_sample(args.per_sample, candidates, columns)
+        what = ", ".join(columns)
+        console.info(f"Wrote {args.per_sample}: {what} of each of the {len(candidates)} candidate pairs.")
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
     else:

@@ -1,15 +1,21 @@
-"""Pure functions of feature tensors: one module per metric (:mod:`mid_metric.functional.mid` for MID).
+"""Pure functions of feature tensors: one module per metric.
+
+:mod:`mid_metric.functional.mid` holds MID; :mod:`~mid_metric.functional.clip_score`,
+:mod:`~mid_metric.functional.r_precision` and :mod:`~mid_metric.functional.infonce` the companion metrics.
 
 ``mid_metric.functional`` also re-exports the reference-Gaussian building blocks that mid-metric 0.1 documented
 here (they live in :mod:`mid_metric.gaussian`).
 """
 
+from mid_metric.functional.clip_score import clip_score, ref_clip_score
+from mid_metric.functional.infonce import infonce, infonce_bound
 from mid_metric.functional.mid import (
     divergence_from_moments,
     mutual_information,
     mutual_information_divergence,
     pointwise_mutual_information,
 )
+from mid_metric.functional.r_precision import clip_r_precision
 from mid_metric.gaussian import (
     GaussianReference,
     fit_reference,
@@ -26,4 +32,9 @@ __all__ = [
     "mutual_information",
     "mutual_information_divergence",
     "pointwise_mutual_information",
+    "clip_score",
+    "ref_clip_score",
+    "clip_r_precision",
+    "infonce",
+    "infonce_bound",
 ]

@@ -5,6 +5,11 @@ extractor (see :mod:`mid_metric.features`). :class:`PairedFeatureMetric` turns i
 sizes and an optional frozen extractor, checks and encodes batches, keeps float64 states float64 whatever dtype
 is asked, leaves the extractor's weights out of ``state_dict()``, and checks every incoming state before it
 changes any (``merge_state`` and ``load_state_dict``), so that a rejected call leaves the metric as it was.
+
+List states (torchmetrics' ``dist_reduce_fx="cat"``), registered with
+:meth:`PairedFeatureMetric.add_checked_list_state`, keep their dtype through ``.to(dtype)``, merge in order (this
+metric's rows, then the incoming ones), and sync under DDP from a rank that holds none (torchmetrics would send a
+1-D float32 placeholder there, which cannot be gathered with the other ranks' rows).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from mid_metric._checks import check_bool, check_feature_dims, check_pairs
 from mid_metric.features import as_feature_extractor, check_texts, count_images
@@ -22,6 +28,8 @@ from mid_metric.features import as_feature_extractor, check_texts, count_images
 FeatureSpec = Union[int, tuple[int, int], str, tuple[Any, Any], Callable[..., Any], Any]
 #: A check of one incoming state: ``(value, name) -> value to store`` (raises ``ValueError`` when invalid).
 StateCheck = Callable[[object, str], Tensor]
+#: A check of one incoming list state: ``(value, name) -> list of tensors to store`` (raises ``ValueError``).
+ListStateCheck = Callable[[object, str], list[Tensor]]
 
 _EXTRACTOR_PREFIX = "feature_extractor."
 
@@ -69,7 +77,9 @@ class PairedFeatureMetric(Metric):
             self.feature_extractor = extractor  # a frozen submodule: moves with .to(), kept out of state_dict
             self.image_dim, self.text_dim = int(extractor.image_dim), int(extractor.text_dim)
             self.feature_extractor_name = str(extractor.name)
-        self._state_checks: dict[str, StateCheck] = {}
+        self._state_checks: dict[str, Any] = {}
+        #: Row shape and dtype of each list state (see add_checked_list_state).
+        self._list_states: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
 
     def add_checked_state(
         self, name: str, default: Tensor, dist_reduce_fx: Callable[..., Any], check: StateCheck
@@ -77,6 +87,30 @@ class PairedFeatureMetric(Metric):
         """Add a persistent tensor state, with the check that incoming values of it must pass."""
         self.add_state(name, default, dist_reduce_fx=dist_reduce_fx, persistent=True)
         self._state_checks[name] = check
+
+    def add_checked_list_state(
+        self, name: str, row_shape: tuple[int, ...], dtype: torch.dtype, check: ListStateCheck
+    ) -> None:
+        """Add a persistent list state of tensors ``(n_i, *row_shape)`` of ``dtype``, concatenated under DDP.
+
+        ``check`` validates incoming values (a list of tensors, or one tensor) and returns the list to store.
+        """
+        self.add_state(name, [], dist_reduce_fx="cat", persistent=True)
+        self._state_checks[name] = check
+        self._list_states[name] = (tuple(row_shape), dtype)
+
+    def _list_state(self, name: str) -> list[Tensor]:
+        """The tensors of a list state (a synced list state is one tensor, which comes back as a list of it)."""
+        value = getattr(self, name)
+        return [value] if isinstance(value, Tensor) else list(value)
+
+    def _cat_list_state(self, name: str) -> Tensor:
+        """A list state as one tensor ``(n, *row_shape)`` (no copy when it holds one tensor)."""
+        parts = self._list_state(name)
+        if not parts:
+            row_shape, dtype = self._list_states[name]
+            return torch.empty((0, *row_shape), dtype=dtype, device=self.device)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     # ------------------------------------------------------------------------------------------- inputs
     def extract_features(self, images: Any, texts: Any) -> tuple[Tensor, Tensor]:
@@ -155,7 +189,15 @@ class PairedFeatureMetric(Metric):
             raise ValueError(
                 f"`incoming_state` lacks the state(s) {missing}; pass another {type(self).__name__}'s `metric_state`."
             )
-        super().merge_state(self._check_incoming(incoming_state, "incoming "))
+        checked = self._check_incoming(incoming_state, "incoming ")
+        # torchmetrics would put the incoming rows of a list state first; keep this metric's rows first instead.
+        appended = {name: checked.pop(name) for name in self._list_states if name in checked}
+        for name in appended:
+            setattr(self, name, self._list_state(name))
+            checked[name] = []
+        super().merge_state(checked)
+        for name, rows in appended.items():
+            setattr(self, name, self._list_state(name) + list(rows))
         self._computed = None  # torchmetrics keeps the value of an earlier compute() after a merge; it is stale now
 
     def _load_checked_states(
@@ -198,7 +240,27 @@ class PairedFeatureMetric(Metric):
                 return tensor.to(device=moved.device)  # `.to(torch.float16)` would otherwise round the statistics
             return moved
 
-        return super()._apply(keep_float64, exclude_state)
+        list_names = list(getattr(self, "_list_states", {}))
+        if not list_names:
+            return super()._apply(keep_float64, exclude_state)
+        excluded = [exclude_state] if isinstance(exclude_state, str) else list(exclude_state)
+        result = super()._apply(keep_float64, [name for name in excluded if name] + list_names)
+
+        def keep_dtype(tensor: Tensor) -> Tensor:
+            moved = fn(tensor)
+            return moved if moved.dtype == tensor.dtype else tensor.to(device=moved.device)
+
+        for name in list_names:  # list states move with the metric and keep their registered dtype
+            if name not in excluded:
+                setattr(self, name, [keep_dtype(part) for part in self._list_state(name)])
+        return result
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Optional[Any] = None) -> None:
+        """Sync the states; an empty list state is sent as an empty tensor of its own row shape and dtype."""
+        for name, (row_shape, dtype) in self._list_states.items():
+            if isinstance(getattr(self, name), list) and not getattr(self, name):
+                setattr(self, name, [torch.empty((0, *row_shape), dtype=dtype, device=self.device)])
+        super()._sync_dist(dist_sync_fn, process_group)
 
     def set_dtype(self, dst_type: Union[str, torch.dtype]) -> PairedFeatureMetric:
         """Keep the float64 states: the results need them, so the states ignore dtype requests."""

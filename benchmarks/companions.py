@@ -1,0 +1,294 @@
+"""Benchmark of the companion metrics (CLIP-S, CLIP-R-Precision, InfoNCE) against store-all twins of the official code.
+
+    python benchmarks/companions.py           # M = 10k and 30k, D = 768 (about 15 minutes on 2 loaded cores)
+    python benchmarks/companions.py --quick   # M = 600 and 1200, D = 32, one repetition (the smoke test)
+
+It measures, for M candidate pairs of D-dimensional CLIP-like unit features fed in batches of 256:
+
+1. peak RSS growth of each metric (and of R-precision and InfoNCE together), each configuration in a fresh
+   subprocess (``--probe``): the peak resident set is reset after the imports and the data (made beforehand, the
+   same for both sides), then the metric is fed and computed. The official twins store ``x``, ``y`` and ``x0`` in
+   float64 as the official ``update(x, y, x0)`` does; ours get ``update(x, y, real=True)`` (skipped) and
+   ``update(x0, y)``;
+2. time of all updates plus ``compute()``, ours and the twin's interleaved in this process, median of the
+   repetitions, reported as the ratio twin / ours;
+3. agreement: CLIP-S (``clamp=False``) and InfoNCE against the twins' float32 results, and the twin's Monte-Carlo
+   R-precision (one draw per repetition) against our exact expectation.
+
+It prints the target (R-precision and InfoNCE together under 1.5 GB at M = 30k, D = 768) with PASS/FAIL and writes
+its tables between ``<!-- BEGIN companions -->`` and ``<!-- END companions -->`` in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from official_companions import TWINS  # noqa: E402
+
+from mid_metric import CLIPRPrecision, CLIPScore, InfoNCE  # noqa: E402
+
+BEGIN, END = "<!-- BEGIN companions -->", "<!-- END companions -->"
+
+NOTES = """### Notes
+
+- **Memory.** R-precision and InfoNCE hold 4 (Dx + Dy) bytes a pair (184 MB at 30k) and, in `compute()`, the images
+  (float32), the unit captions (float64) and one 32 MiB block buffer; the official InfoNCE builds two M x M float64
+  matrices (14.4 GB at 30k). CLIP-S holds 24 bytes plus 8 a pair. The RSS figures also hold what glibc's heap keeps
+  after freeing the per-batch temporaries (its mmap threshold adapts to them), which moves them by up to about 150 MB
+  from run to run; run with `MALLOC_MMAP_THRESHOLD_=131072` to see the metrics' own memory.
+- **Time.** CLIP-R-Precision's exact expectation needs every score `cos(image_j, text_k)`: a float64 GEMM of
+  2 M^2 D flops (1.4 TFLOP at 30k), against the official estimator's 99 gathers of the captions (99 x 8 M D bytes
+  moved). So it is faster at 10k and a little slower at 30k on this CPU, in exchange for a value without Monte-Carlo
+  noise. InfoNCE does the same GEMM as the official code, blockwise, without its two M x M matrices.
+- **Agreement.** CLIP-S and InfoNCE agree with the twins' float32 results to their float32 rounding (target: within
+  2e-6 relative). The official R-precision is one random draw; the table gives the mean and standard error of the
+  repetitions' draws around our exact expectation (`tests/test_functional_r_precision.py` checks 30 seeds within 4
+  standard errors).
+"""
+BATCH = 256
+TARGET_BYTES = 1.5e9
+METRICS = ("clip-score", "r-precision", "infonce")
+OURS: dict[str, Callable[[int], object]] = {
+    "clip-score": lambda d: CLIPScore(feature=d, clamp=False),
+    "r-precision": lambda d: CLIPRPrecision(feature=d),
+    "infonce": lambda d: InfoNCE(feature=d),
+}
+
+
+@dataclass
+class Config:
+    sizes: tuple[int, ...]
+    dim: int
+    reps: int
+    probes: tuple[str, ...]  # metrics whose memory is probed ("r-precision+infonce": the two together)
+
+
+FULL = Config((10_000, 30_000), 768, 3, (*METRICS, "r-precision+infonce"))
+QUICK = Config((600, 1200), 32, 1, ("r-precision+infonce",))
+
+
+# ------------------------------------------------------------------------------------------------- data
+def make_data(m: int, dim: int, seed: int = 0, latent: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CLIP-like unit float32 features: captions ``y``, real images ``x`` and generated images ``x0`` near them.
+
+    The pairs share a ``latent``-dimensional structure embedded in ``dim`` dimensions under isotropic noise, scaled
+    so that at D = 768 a generated image and its caption have a cosine of about 0.3 (as with CLIP) and the expected
+    R-precision is about 0.75.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    common = torch.randn(latent, generator=generator)
+    projection = torch.randn(latent, dim, generator=generator) / latent**0.5
+    noise = 2.5 * 3 * (latent / dim) ** 0.5
+
+    def embed(codes: torch.Tensor) -> torch.Tensor:
+        features = codes @ projection + noise * torch.randn(codes.shape[0], dim, generator=generator)
+        return torch.nn.functional.normalize(features, dim=1)
+
+    y = torch.randn(m, latent, generator=generator) + 0.5 * common
+    x = y + 1.0 * torch.randn(m, latent, generator=generator)
+    x0 = y + 1.2 * torch.randn(m, latent, generator=generator)
+    return embed(x), embed(y), embed(x0)
+
+
+def run_ours(names: list[str], data: tuple[torch.Tensor, ...], dim: int) -> dict[str, float]:
+    x, y, x0 = data
+    metrics = {name: OURS[name](dim) for name in names}
+    for start in range(0, x.shape[0], BATCH):
+        stop = start + BATCH
+        for metric in metrics.values():
+            metric.update(x[start:stop], y[start:stop], real=True)  # skipped, as in a shared MetricCollection
+            metric.update(x0[start:stop], y[start:stop])
+    return {name: float(metric.compute()) for name, metric in metrics.items()}
+
+
+def run_official(names: list[str], data: tuple[torch.Tensor, ...], seed: int = 0) -> dict[str, float]:
+    x, y, x0 = data
+    twins = {name: TWINS[name](limit=x.shape[0]) for name in names}
+    for start in range(0, x.shape[0], BATCH):
+        stop = start + BATCH
+        for twin in twins.values():
+            twin.update(x[start:stop], y[start:stop], x0[start:stop])
+    torch.manual_seed(seed)  # the official R-precision is unseeded; seed it here to vary it across repetitions
+    return {name: float(twin.compute()) for name, twin in twins.items()}
+
+
+# ------------------------------------------------------------------------------------------ memory probe
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def probe(impl: str, names: list[str], m: int, dim: int) -> dict:
+    """Feed and compute in this (fresh) process; return the peak RSS growth over the post-data baseline."""
+    data = make_data(m, dim)
+    run_ours(names, make_data(8, dim), dim) if impl == "ours" else run_official(names, make_data(8, dim))  # warm up
+    before = _status_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    start = time.perf_counter()
+    values = run_ours(names, data, dim) if impl == "ours" else run_official(names, data)
+    seconds = time.perf_counter() - start
+    peak = _status_kib("VmHWM") if reset else max(_status_kib("VmHWM"), before)
+    return {"impl": impl, "metrics": names, "m": m, "growth_bytes": (peak - before) * 1024, "seconds": seconds,
+            "values": values, "peak_reset": reset}  # fmt: skip
+
+
+def run_probe(impl: str, metric: str, m: int, dim: int) -> Optional[dict]:
+    command = [sys.executable, os.path.abspath(__file__), "--probe", impl, metric, str(m), str(dim)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"  probe {impl} {metric} M={m} failed: {done.stderr.strip()[-300:]}")
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------ report
+def _fmt_bytes(count: float) -> str:
+    if count < 2**20:
+        return "< 1 MiB"
+    return f"{count / 2**20:,.0f} MiB" if count < 2**30 else f"{count / 2**30:.2f} GiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(path: str, body: str) -> None:
+    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
+    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (smoke test)")
+    parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="markdown file to update")
+    parser.add_argument("--probe", nargs=4, metavar=("IMPL", "METRIC", "M", "DIM"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.probe:
+        impl, metric, m, dim = args.probe
+        torch.set_num_threads(1)  # memory does not depend on the threads; keep the probes light
+        print(json.dumps(probe(impl, metric.split("+"), int(m), int(dim))))
+        return 0
+
+    cfg = QUICK if args.quick else FULL
+    load_before, started = os.getloadavg(), time.perf_counter()
+    sections: list[str] = []
+
+    # 1. memory, one fresh process per configuration
+    memory_rows, together_ours = [], {}
+    for m in cfg.sizes:
+        for metric in cfg.probes:
+            found = {impl: run_probe(impl, metric, m, cfg.dim) for impl in ("ours", "official")}
+            ours, official = found["ours"], found["official"]
+            if ours and "+" in metric:
+                together_ours[m] = ours["growth_bytes"]
+            cells = [_fmt_bytes(r["growth_bytes"]) if r else "failed" for r in (ours, official)]
+            measurable = ours and official and ours["growth_bytes"] >= 2**20
+            ratio = f"{official['growth_bytes'] / ours['growth_bytes']:.0f}x" if measurable else "-"
+            memory_rows.append([f"{m:,}", metric.replace("+", " + "), *cells, ratio])
+            print(f"memory M={m:,} {metric}: ours {cells[0]}, official {cells[1]}")
+    sections.append(
+        f"### Peak memory (RSS growth in a fresh process), D = {cfg.dim}\n\n"
+        + _table(["M", "metric", "ours", "official (store-all)", "official / ours"], memory_rows)
+    )
+
+    # 2. and 3. time and agreement, interleaved in this process
+    time_rows, agreement_rows = [], []
+    for m in cfg.sizes:
+        data = make_data(m, cfg.dim, seed=1)
+        for name in METRICS:
+            ours_t, official_t, ours_v, draws = [], [], None, []
+            for rep in range(cfg.reps):
+                start = time.perf_counter()
+                ours_v = run_ours([name], data, cfg.dim)[name]
+                ours_t.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                draws.append(run_official([name], data, seed=rep)[name])
+                official_t.append(time.perf_counter() - start)
+            t_ours, t_official = statistics.median(ours_t), statistics.median(official_t)
+            time_rows.append([f"{m:,}", name, f"{t_ours:.2f}", f"{t_official:.2f}", f"{t_official / t_ours:.2f}"])
+            print(f"time M={m:,} {name}: ours {t_ours:.2f} s, official {t_official:.2f} s")
+            official_v = statistics.mean(draws)
+            if name == "r-precision":
+                spread = statistics.stdev(draws) / len(draws) ** 0.5 if len(draws) > 1 else float("nan")
+                detail = f"{len(draws)} Monte-Carlo draw(s): mean {official_v:.5f}, standard error {spread:.5f}"
+            else:
+                detail = f"relative difference {abs(ours_v - official_v) / abs(official_v):.1e}"
+            agreement_rows.append([f"{m:,}", name, f"{ours_v:.7g}", f"{official_v:.7g}", detail])
+    sections.append(
+        f"### Time of all updates + compute(), D = {cfg.dim} (seconds, median of {cfg.reps}, interleaved)\n\n"
+        + _table(["M", "metric", "ours", "official (store-all)", "official / ours"], time_rows)
+    )
+    sections.append(
+        "### Agreement with the official twins (same features)\n\n"
+        + _table(["M", "metric", "ours", "official", "comparison"], agreement_rows)
+    )
+
+    # the target
+    largest = max(cfg.sizes)
+    growth = together_ours.get(largest)
+    passed = None if growth is None else growth < TARGET_BYTES
+    verdict = "not measured" if growth is None else f"{_fmt_bytes(growth)} ({'PASS' if passed else 'FAIL'})"
+    target = f"R-precision + InfoNCE peak memory growth < 1.5 GB at M = {largest:,}, D = {cfg.dim}: {verdict}"
+    print(("[PASS] " if passed else "[FAIL] " if passed is False else "[----] ") + target)
+
+    load_after = os.getloadavg()
+    command = "python benchmarks/companions.py" + (" --quick" if args.quick else "")
+    head = "\n".join(
+        [
+            "## Companion metrics (issue 12): CLIP-S, CLIP-R-Precision, InfoNCE against store-all twins",
+            "",
+            f"Generated by `{command}` on {platform.processor() or platform.machine()},"
+            f" {os.cpu_count()} logical cores, torch {torch.__version__},"
+            f" {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average"
+            f" {load_before[0]:.2f} / {load_after[0]:.2f} at start / end, {time.perf_counter() - started:.0f} s.",
+            "",
+            f"**Target:** {target}.",
+            "",
+            "The official twins (`benchmarks/official_companions.py`) store every feature in float64 and compute on the"
+            " whole set; the official InfoNCE builds the M x M float64 matrix and its softmax. Ours keep float32"
+            " candidate rows (R-precision, InfoNCE) or sums (CLIP-S) and score a block of images at a time in"
+            " float64. CLIP-S is timed with `clamp=False` (the official convention). Times move with the load of"
+            " this shared machine; compare the ratios, which are taken between runs interleaved in one process.",
+        ]
+    )
+    write_results(args.results, head + "\n\n" + "\n\n".join(sections) + "\n\n" + NOTES)
+    print(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
