@@ -1,4 +1,4 @@
-"""MID and the companion metrics in one ``MetricCollection``, fed by one feature pass, as the docs propose."""
+"""MID and the companion metrics in one ``MetricCollection``, fed by one feature pass, as the README shows."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from mid_metric.features import load_clip
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "companion_metrics.md"
 D = 8
 
 
@@ -83,12 +82,16 @@ def test_one_update_per_batch_feeds_every_metric(compute_groups):
         assert ["caption_clip_s"] in groups and ["refclip_s"] in groups and ["refclip_s_100"] in groups
 
 
-# ---------------------------------------------------------------------------------------- proposed README
-def _proposed_readme_snippet() -> str:
-    text = DOCS.read_text(encoding="utf-8")
-    section = text[text.index("## README section (proposed)") :]
+# ------------------------------------------------------------------------------------------------- README
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_HEADING = "## MID and its companion metrics from one feature pass"
+
+
+def _readme_snippet() -> str:
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index(README_HEADING) :]
     match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "no python block in the proposed README section"
+    assert match, f"no python block after {README_HEADING!r}"
     return match.group(1)
 
 
@@ -98,7 +101,7 @@ def tiny_clip_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_proposed_readme_example_runs_with_one_feature_pass(tiny_clip_dir, monkeypatch):
+def test_the_readme_example_runs_with_one_feature_pass(tiny_clip_dir, monkeypatch):
     generator = torch.Generator().manual_seed(84)
     prompts = ["a red cube", "two dogs", "a blue sky", "a cat", "green hills", "a boat"]
     loader = [
@@ -122,7 +125,7 @@ def test_the_proposed_readme_example_runs_with_one_feature_pass(tiny_clip_dir, m
     # The example loads "openai/clip-vit-large-patch14"; here the tiny offline CLIP stands in for it.
     monkeypatch.setattr("mid_metric.features.load_clip", lambda name_or_path, **kwargs: clip)
     namespace = {"loader": loader}
-    exec(_proposed_readme_snippet(), namespace)  # noqa: S102 - the proposed README's own example
+    exec(_readme_snippet(), namespace)  # noqa: S102 - the README's own example
     scores, per_pair = namespace["scores"], namespace["per_pair"]
     assert set(scores) == {"mid", "clip_s", "clip_s_official", "r_precision", "infonce"}
     assert all(value.dtype == torch.float64 for value in scores.values())

@@ -159,7 +159,7 @@ def test_plot_draws_the_values(pairs):
     images, texts = pairs
     metric = InfoNCE(feature=D)
     metric.update(images, texts)
-    fig, ax = metric.plot()
-    assert fig is not None and len(ax.lines) == 0 or ax is not None
+    fig, ax = metric.plot()  # the value of compute()
+    assert fig is not None and ax is not None
     _, ax = metric.plot([metric.compute(), metric.compute()])
     assert len(ax.lines[0].get_ydata()) == 2
