@@ -84,7 +84,8 @@ def _companion_scores(names: tuple[str, ...], candidates: Features, dims: tuple[
     for name in names:
         if name == "mid":
             continue
-        metric = getattr(metrics, _COMPANIONS[name][0])(feature=dims)
+        options = {} if name == "clip-score" else {"max_samples": max(len(candidates), 1)}  # all of them, no cap
+        metric = getattr(metrics, _COMPANIONS[name][0])(feature=dims, **options)
         metric.update(candidates.images, candidates.texts)
         scores[name] = (float(metric.compute()), metric.per_sample())
     return scores
