@@ -56,6 +56,11 @@ class GaussianReference(NamedTuple):
         """Lower Cholesky factor of ``S_x + eps I``: the leading block of ``chol_joint``."""
         return self.chol_joint[: self.image_dim, : self.image_dim]
 
+    @property
+    def covariance(self) -> Tensor:
+        """The joint covariance ``S_z + eps I`` rebuilt from its Cholesky factor (a new tensor on each call)."""
+        return self.chol_joint @ self.chol_joint.mT
+
 
 class BlockTraces(NamedTuple):
     """The traces ``T_b = tr(S_b^-1 S_hat_b)`` of the image, text and joint blocks (0-dim float64)."""

@@ -103,7 +103,7 @@ def standard_error(
 
     if include_reference:
         ones = (1.0, 1.0, 1.0)
-        ref_cov = reference.chol_joint @ reference.chol_joint.mT
+        ref_cov = reference.covariance
         grad_mean = -_apply_quadratic(reference, offset, ones)
         variance = variance + (grad_mean.mT @ ref_cov @ grad_mean).squeeze() / count
         # G Sigma, block by block: (Sigma_b^-1 - Sigma_b^-1 C0_b Sigma_b^-1) Sigma_{b,:}.

@@ -213,7 +213,7 @@ def _shared_link(reference: GaussianReference, candidate_packed: Tensor, num_can
     dx = reference.image_dim
     _, cand_scatter = moments.mean_and_scatter(candidate_packed)
     cand_cov = cand_scatter / (num_candidates - 1)
-    ref_cov = reference.chol_joint @ reference.chol_joint.mT
+    ref_cov = reference.covariance
     if shared == "text":
         new, kept, chol_new, chol_kept = slice(0, dx), slice(dx, None), reference.chol_image, reference.chol_text
     else:

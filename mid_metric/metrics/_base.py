@@ -177,7 +177,7 @@ class PairedFeatureMetric(Metric):
             ValueError: If ``incoming_state`` is neither a dict nor a metric of this class, lacks a state, or holds
                 a state of another layout or an invalid one.
         """
-        if isinstance(incoming_state, Metric) and isinstance(incoming_state, type(self)):
+        if isinstance(incoming_state, type(self)):
             incoming_state = incoming_state.metric_state
         if not isinstance(incoming_state, dict):
             raise ValueError(
