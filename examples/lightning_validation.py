@@ -107,7 +107,7 @@ class TextToImageModule(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
     def on_validation_epoch_start(self) -> None:
-        if self.reference is not None and self.mid.reference_moments[0] == 0:  # fit this rank's share once
+        if self.reference is not None and self.mid.num_pairs["reference"] == 0:  # fit this rank's share once
             rows = rank_share(self.reference[0].shape[0], self.global_rank, self.trainer.world_size)
             self.mid.update(self.reference[0][rows], self.reference[1][rows], real=True)
         self._pmi = []

@@ -8,7 +8,7 @@ when a check fails. The functional API, the metric classes and the command line 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -72,6 +72,35 @@ def check_features(features: object, name: str, dim: Optional[int] = None, check
     return features
 
 
+def check_within_bound(named_features: dict[str, Tensor]) -> None:
+    """Reject NaN, Inf and magnitudes above :data:`MAX_FEATURE_MAGNITUDE` in several tensors, with one host sync.
+
+    The tensors must have passed :func:`check_features` with ``check_finite=False`` already; when one fails, the
+    error is the one :func:`check_features` gives for it.
+
+    Raises:
+        ValueError: As :func:`check_features`, for the first offending tensor.
+
+    Example:
+        >>> check_within_bound({"images": torch.zeros(2, 3), "texts": torch.tensor([[float("nan")]] * 2)})
+        Traceback (most recent call last):
+        ...
+        ValueError: `texts` contains NaN or Inf values (in 2 of 2 rows).
+    """
+    within = [
+        (features.abs() <= min(MAX_FEATURE_MAGNITUDE, torch.finfo(features.dtype).max)).all()
+        for features in named_features.values()
+        if features.numel() > 0
+    ]
+    if not within:
+        return
+    # One comparison per tensor (NaN and Inf fail `<=` against a finite bound), combined on the device: one sync.
+    if bool(torch.stack([flag.to(within[0].device) for flag in within]).all()):
+        return
+    for name, features in named_features.items():
+        check_features(features, name)
+
+
 def check_pairs(
     images: object, texts: object, image_dim: Optional[int] = None, text_dim: Optional[int] = None, prefix: str = ""
 ) -> tuple[Tensor, Tensor]:
@@ -92,22 +121,33 @@ def check_pairs(
         >>> check_pairs(torch.zeros(3, 2), torch.zeros(4, 2))
         Traceback (most recent call last):
         ...
-        ValueError: `images` and `texts` must hold the same number of pairs, got 3 images and 4 texts.
+        ValueError: `images` and `texts` must hold the same number of pairs, got 3 and 4 rows.
     """
     images = check_features(images, f"{prefix}images", image_dim, check_finite=False)
     texts = check_features(texts, f"{prefix}texts", text_dim, check_finite=False)
-    if images.shape[0] != texts.shape[0]:
-        raise ValueError(
-            f"`{prefix}images` and `{prefix}texts` must hold the same number of pairs,"
-            f" got {images.shape[0]} images and {texts.shape[0]} texts."
-        )
-    if images.device != texts.device:
-        raise ValueError(
-            f"`{prefix}images` and `{prefix}texts` must be on the same device, got {images.device} and {texts.device}."
-        )
-    check_features(images, f"{prefix}images", image_dim)
-    check_features(texts, f"{prefix}texts", text_dim)
+    check_same_batch(images, texts, f"{prefix}images", f"{prefix}texts")
+    check_within_bound({f"{prefix}images": images, f"{prefix}texts": texts})
     return images, texts
+
+
+def check_same_batch(first: Tensor, second: Tensor, first_name: str, second_name: str) -> None:
+    """Check that two feature batches hold the same number of rows and live on the same device.
+
+    Raises:
+        ValueError: If they do not.
+
+    Example:
+        >>> check_same_batch(torch.zeros(2, 1), torch.zeros(2, 3), "images", "texts")
+    """
+    if first.shape[0] != second.shape[0]:
+        raise ValueError(
+            f"`{first_name}` and `{second_name}` must hold the same number of pairs,"
+            f" got {first.shape[0]} and {second.shape[0]} rows."
+        )
+    if first.device != second.device:
+        raise ValueError(
+            f"`{first_name}` and `{second_name}` must be on the same device, got {first.device} and {second.device}."
+        )
 
 
 def check_eps(eps: object) -> float:
@@ -318,20 +358,39 @@ def check_feature_dims(feature: object) -> tuple[int, int]:
     return dims
 
 
-def check_bias_correction(bias_correction: object, eps: float) -> bool:
+def check_bias_correction(bias_correction: object, eps: float, allow_jackknife: bool = False) -> Union[bool, str]:
     """Validate the ``bias_correction`` argument against ``eps`` and return it.
 
+    ``False`` is the paper's estimator, ``True`` the Gaussian correction and ``"jackknife"`` the grouped jackknife
+    on top of it (:mod:`mid_metric.jackknife`), accepted only where the caller implements it
+    (``allow_jackknife=True``).
+
     Raises:
-        TypeError: If ``bias_correction`` is not a bool.
-        ValueError: If ``bias_correction`` is ``True`` while ``eps > 0``: the Wishart corrections hold for the
-            unregularised covariances only.
+        TypeError: If ``bias_correction`` is not a bool (or ``"jackknife"``, when allowed).
+        ValueError: If a correction is asked for while ``eps > 0`` (both are derived for unregularised
+            covariances), or ``"jackknife"`` where it is not allowed.
 
     Example:
         >>> check_bias_correction(True, 0.0)
         True
+        >>> check_bias_correction("jackknife", 0.0, allow_jackknife=True)
+        'jackknife'
     """
+    if isinstance(bias_correction, str) and bias_correction == "jackknife":
+        if not allow_jackknife:
+            raise ValueError(
+                "`bias_correction='jackknife'` is not available here: it needs the rows in groups"
+                " (mid_metric.jackknife.jackknife_divergence). Use True or False."
+            )
+        if eps > 0.0:
+            raise ValueError(
+                f"`bias_correction='jackknife'` needs `eps=0` (got eps={eps}): it jackknifes the Gaussian correction,"
+                " which is derived for unregularised covariances. Drop `eps`."
+            )
+        return bias_correction
     if not isinstance(bias_correction, bool):
-        raise TypeError(f"`bias_correction` must be a bool, got {bias_correction!r}.")
+        expected = "True, False or 'jackknife'" if allow_jackknife else "a bool"
+        raise TypeError(f"`bias_correction` must be {expected}, got {bias_correction!r}.")
     if bias_correction and eps > 0.0:
         raise ValueError(
             f"`bias_correction=True` needs `eps=0` (got eps={eps}): the correction is derived for unregularised"

@@ -90,7 +90,7 @@ def unpack(packed: Tensor) -> GaussianMoments:
     )
 
 
-def accumulate_(packed: Tensor, features: Tensor) -> Tensor:
+def accumulate_(packed: Tensor, features: Tensor, split: int = 0, skip_trailing_block: bool = False) -> Tensor:
     """Add a batch of feature rows to a packed moments tensor, in place.
 
     The first batch a group sees sets its shift to that batch's mean; the choice is made on the device, without a
@@ -99,6 +99,11 @@ def accumulate_(packed: Tensor, features: Tensor) -> Tensor:
     Args:
         packed: Packed moments of dimension ``D``, float64.
         features: Batch of shape ``(B, D)``; any floating dtype, it is cast to float64 once.
+        split: The outer-product update works in row blocks that never straddle column ``split`` (the metrics pass
+            ``image_dim``, so the text block has blocks of its own); the result does not depend on it beyond
+            rounding.
+        skip_trailing_block: Leave the ``[split:, split:]`` block of ``S2`` unchanged: the caller copies it from a
+            group that has seen the same trailing columns (see :func:`accumulate_pairs_`).
 
     Returns:
         ``packed``, updated.
@@ -118,7 +123,7 @@ def accumulate_(packed: Tensor, features: Tensor) -> Tensor:
     fields.shift.copy_(torch.where(first_batch, batch.mean(dim=0), fields.shift))
     batch = batch - fields.shift  # a new tensor: the caller's features are never modified
     fields.shifted_sum.add_(batch.sum(dim=0))
-    _add_gram_(fields.shifted_outer_sum, batch)
+    _add_gram_(fields.shifted_outer_sum, batch, split, skip_trailing_block)
     fields.count.add_(batch.shape[0])
     return packed
 
@@ -128,18 +133,34 @@ def accumulate_(packed: Tensor, features: Tensor) -> Tensor:
 _GRAM_BLOCK = 192
 
 
-def _add_gram_(outer: Tensor, batch: Tensor) -> None:
+def _row_blocks(dim: int, split: int) -> list[tuple[int, int]]:
+    """Row blocks of at most ``_GRAM_BLOCK`` rows covering ``[0, dim)``, none of them straddling ``split``."""
+    edges = [(0, split), (split, dim)] if 0 < split < dim else [(0, dim)]
+    return [
+        (start, min(stop, start + _GRAM_BLOCK)) for first, stop in edges for start in range(first, stop, _GRAM_BLOCK)
+    ]
+
+
+def _add_gram_(outer: Tensor, batch: Tensor, split: int = 0, skip_trailing_block: bool = False) -> None:
     """``outer += batch^T batch`` on the lower triangle (diagonal included) of ``outer`` only, in place.
 
-    The rows are taken in blocks of ``_GRAM_BLOCK``; block ``[r0, r1)`` gets one GEMM over columns ``[0, r1)``, written
-    into a view of the state (no temporary ``D x D`` matrix). That is about ``(1 + block / D) / 2`` of the flops of
-    the full product (56% at ``D = 1536``), as a BLAS ``syrk`` would do; the upper triangle is left stale (see the
-    module docstring).
+    The rows are taken in blocks of ``_GRAM_BLOCK`` that do not straddle ``split``; block ``[r0, r1)`` gets one GEMM
+    over columns ``[0, r1)`` (two, ``[0, split)`` and ``[split, r1)``, below ``split``), written into a view of the
+    state (no temporary ``D x D`` matrix). That is about ``(1 + block / D) / 2`` of the flops of the full product
+    (56% at ``D = 1536``), as a BLAS ``syrk`` would do; the upper triangle is left stale (see the module docstring).
+    Each entry is computed by a GEMM call of the same shape whatever the other columns hold, so two groups that
+    share their trailing columns get bitwise the same ``[split:, split:]`` block, and ``skip_trailing_block`` may
+    leave it out.
     """
     dim = outer.shape[0]
-    for start in range(0, dim, _GRAM_BLOCK):
-        stop = min(dim, start + _GRAM_BLOCK)
-        outer[start:stop, :stop].addmm_(batch[:, start:stop].mT, batch[:, :stop])
+    for start, stop in _row_blocks(dim, split):
+        rows = batch[:, start:stop].mT
+        if start < split or split <= 0:
+            outer[start:stop, :stop].addmm_(rows, batch[:, :stop])
+            continue
+        outer[start:stop, :split].addmm_(rows, batch[:, :split])
+        if not skip_trailing_block:
+            outer[start:stop, split:stop].addmm_(rows, batch[:, split:stop])
 
 
 def symmetrized(packed: Tensor) -> Tensor:
@@ -215,7 +236,7 @@ def recentre_due(batches_seen: int) -> bool:
     return batches_seen > 0 and batches_seen & (batches_seen - 1) == 0
 
 
-def accumulate_batch_(packed: Tensor, features: Tensor, batches_seen: int) -> Tensor:
+def accumulate_batch_(packed: Tensor, features: Tensor, batches_seen: int, split: int = 0) -> Tensor:
     """Add the group's ``batches_seen``-th batch (counting this one) in place, and recentre when it is due.
 
     This is the one update rule of the metric's statistics: :func:`accumulate_`, then :func:`recentre_` on the
@@ -229,10 +250,42 @@ def accumulate_batch_(packed: Tensor, features: Tensor, batches_seen: int) -> Te
         >>> unpack(state).shift.tolist(), mean_and_scatter(state)[1].tolist()  # recentred after batch 2
         ([1.0], [[8.0]])
     """
-    accumulate_(packed, features)
+    accumulate_(packed, features, split)
     if features.shape[0] > 0 and recentre_due(batches_seen):
         recentre_(packed)
     return packed
+
+
+def accumulate_pairs_(
+    reference: Tensor,
+    candidate: Tensor,
+    reference_rows: Tensor,
+    candidate_rows: Tensor,
+    batches_seen: int,
+    split: int,
+) -> None:
+    """Add one batch to two groups whose rows share their trailing columns ``[split:]``, in place.
+
+    This is :func:`accumulate_batch_` on each group, except that the candidate's ``[split:, split:]`` block of
+    ``S2`` is copied from the reference's instead of computed again. It is exact, bit for bit, when both groups have
+    seen the same trailing columns in the same batches since they were empty (the metric's ``update_pairs``, where
+    the candidates are generated from the reference's own captions): then the shifts, sums and that block agree
+    bitwise, and every operation here is element-wise or a GEMM of the same shape on the same columns.
+
+    Example:
+        >>> x, x_hat, y = torch.randn(6, 2), torch.randn(6, 2), torch.randn(6, 1)
+        >>> ref, cand = empty_moments(3), empty_moments(3)
+        >>> accumulate_pairs_(ref, cand, torch.cat([x, y], 1), torch.cat([x_hat, y], 1), 1, split=2)
+        >>> separate = accumulate_batch_(empty_moments(3), torch.cat([x_hat, y], 1), 1, split=2)
+        >>> torch.equal(cand, separate)
+        True
+    """
+    accumulate_(reference, reference_rows, split)
+    accumulate_(candidate, candidate_rows, split, skip_trailing_block=True)
+    unpack(candidate).shifted_outer_sum[split:, split:].copy_(unpack(reference).shifted_outer_sum[split:, split:])
+    if reference_rows.shape[0] > 0 and recentre_due(batches_seen):
+        recentre_(reference)
+        recentre_(candidate)
 
 
 def recentre_(packed: Tensor) -> Tensor:

@@ -18,7 +18,9 @@ def _copy(value):
         return value.clone()
     if isinstance(value, list):  # a list state: a list of tensors
         return [part.clone() for part in value]
-    return dict(value)
+    if isinstance(value, dict):  # an extra state, possibly with tensors (staged rows)
+        return {key: _copy(item) for key, item in value.items()}
+    return value
 
 
 def snapshot_state_dict(metric):
@@ -31,15 +33,23 @@ def _assert_same_tensor(value, old, key):
     assert torch.equal(value.reshape(-1).view(torch.uint8), old.reshape(-1).view(torch.uint8)), key  # bit-identical
 
 
+def _assert_same_value(value, old, key):
+    if isinstance(value, torch.Tensor):
+        _assert_same_tensor(value, old, key)
+    elif isinstance(value, list):
+        assert isinstance(old, list) and len(value) == len(old), key
+        for part, old_part in zip(value, old):
+            _assert_same_tensor(part, old_part, key)
+    elif isinstance(value, dict):
+        assert isinstance(old, dict) and sorted(value) == sorted(old), key
+        for name, item in value.items():
+            _assert_same_value(item, old[name], f"{key}.{name}")
+    else:
+        assert value == old, key
+
+
 def assert_same_state_dict(metric, before):
     after = metric.state_dict()
     assert sorted(after) == sorted(before)
     for key, value in after.items():
-        if isinstance(value, torch.Tensor):
-            _assert_same_tensor(value, before[key], key)
-        elif isinstance(value, list):
-            assert isinstance(before[key], list) and len(value) == len(before[key]), key
-            for part, old in zip(value, before[key]):
-                _assert_same_tensor(part, old, key)
-        else:
-            assert value == before[key], key
+        _assert_same_value(value, before[key], key)

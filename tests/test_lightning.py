@@ -67,9 +67,9 @@ def test_validate_logs_the_standalone_value(fixed_reference):
     standalone.update(_generate(record.weights[0], data.val[1]), data.val[1], real=False)
     assert math.isclose(returned["val/mid"], standalone.compute().item(), rel_tol=1e-12)
     # Lightning reset the metric after the epoch (the reference survives only with a fixed reference).
-    assert model.mid.candidate_moments[0].item() == 0
+    assert model.mid.num_pairs["candidate"] == 0
     expected_reference = args.val_pairs if fixed_reference else 0
-    assert model.mid.reference_moments[0].item() == expected_reference
+    assert model.mid.num_pairs["reference"] == expected_reference
 
 
 @pytest.mark.parametrize("fixed_reference", [False, True])
@@ -87,7 +87,7 @@ def test_fit_resets_between_epochs(fixed_reference):
     assert len(set(mids)) == 3, "the generator trains, so each epoch's value must differ"
     if fixed_reference:
         # The reference statistics survived every reset: fitted once, never added twice.
-        assert model.mid.reference_moments[0].item() == model.reference[0].shape[0]
+        assert model.mid.num_pairs["reference"] == model.reference[0].shape[0]
         mis = {v["val/mutual_information"] for v in record.values}
         assert len(mis) == 1
 
@@ -137,7 +137,7 @@ def test_checkpoint_mid_validation_then_resume_is_identical(tmp_path):
     resumed, _ = ex.build(args)
     checkpoint = torch.load(path, weights_only=True)
     resumed.load_state_dict(checkpoint["state_dict"])
-    assert resumed.mid.reference_moments[0].item() == 4 * BATCH
+    assert resumed.mid.num_pairs["reference"] == 4 * BATCH
     x_val, y_val = data.val
     rest = DataLoader(TensorDataset(x_val[4 * BATCH :], y_val[4 * BATCH :]), batch_size=BATCH)
     record_resumed = ex.RecordMetrics()
@@ -158,7 +158,7 @@ def test_state_dict_resume_is_bit_identical():
     for xb, yb in list(zip(x.split(24), y.split(24)))[5:]:
         second.update(xb, yb, real=True)
         second.update(xb.flip(0), yb, real=False)
-    assert torch.equal(second.reference_moments, full.reference_moments)
+    assert torch.equal(second.metric_state["reference_moments"], full.metric_state["reference_moments"])
     assert torch.equal(second.compute(), full.compute())
 
 

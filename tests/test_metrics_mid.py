@@ -243,7 +243,7 @@ def test_reset_semantics(data):
     assert_rel(metric.compute(), first)
 
     keep = filled(x, y, x0, y0, reset_real_features=False)
-    reference_before = keep.reference_moments.clone()
+    reference_before = keep.metric_state["reference_moments"].clone()
     keep.reset()
     assert torch.equal(keep.reference_moments, reference_before)
     assert int(keep.candidate_moments[0]) == 0

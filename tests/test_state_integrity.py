@@ -34,8 +34,8 @@ def metric():
 
 
 def _expect_rejected(metric, call, error, match):
+    value_before = metric.compute()  # (compute flushes the staged rows: snapshot after it)
     before = snapshot_state_dict(metric)
-    value_before = metric.compute()
     with pytest.raises(error, match=match):
         call()
     assert_same_state_dict(metric, before)

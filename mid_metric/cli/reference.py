@@ -43,7 +43,7 @@ def run_reference(args: argparse.Namespace) -> int:
     metric.update(features.images, features.texts, real=True)
     from mid_metric.functional import reference_from_moments
 
-    reference_from_moments(metric.reference_moments, image_dim, eps)  # fails now on a singular covariance
+    reference_from_moments(metric.metric_state["reference_moments"], image_dim, eps)  # fails now if singular
     save_reference(args.output, metric, label)
     console.info(
         f"Wrote {args.output}: {len(features)} reference pairs, image_dim {image_dim}, text_dim {text_dim},"

@@ -20,6 +20,8 @@ estimator. The linear algebra lives in :mod:`mid_metric.gaussian` and the bias c
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch  # noqa: F401 (the examples use it)
 from torch import Tensor
 
@@ -27,6 +29,7 @@ from mid_metric import moments, wishart
 from mid_metric._checks import check_bias_correction, check_eps, check_finite_result, check_pairs, check_reference_count
 from mid_metric.gaussian import (
     GaussianReference,
+    ReferencePrecisions,
     block_traces,
     candidate_scatter,
     pointwise_mutual_information_from_reference,
@@ -43,7 +46,10 @@ __all__ = [
 
 
 def divergence_from_moments(
-    reference: GaussianReference, candidate_packed: Tensor, bias_correction: bool = False
+    reference: GaussianReference,
+    candidate_packed: Tensor,
+    bias_correction: bool = False,
+    precisions: Optional[ReferencePrecisions] = None,
 ) -> MIDResult:
     """Compute MID from a fitted reference and the candidates' packed moments.
 
@@ -53,6 +59,9 @@ def divergence_from_moments(
         bias_correction: Return the Gaussian bias-corrected estimator (:func:`mid_metric.wishart.corrected_terms`;
             the reference must be fitted with ``eps = 0`` from more than ``Dx + Dy + 2`` pairs) instead of the
             paper's.
+        precisions: The reference's precision matrices (:func:`mid_metric.gaussian.reference_precisions`), when a
+            caller that scores many candidate sets against one reference keeps them; the traces then need no
+            factorisation.
 
     Returns:
         :class:`~mid_metric.result.MIDResult` with MID, ``I`` and the distance term (the corrected terms when
@@ -72,7 +81,7 @@ def divergence_from_moments(
     if bias_correction:
         check_reference_count(reference.count, reference.image_dim + reference.text_dim, 0.0, bias_correction=True)
     scatter = candidate_scatter(reference, candidate_packed)
-    traces = block_traces(reference, scatter)
+    traces = block_traces(reference, scatter, precisions)
     if bias_correction:
         mutual_info, distance = wishart.corrected_terms(reference, candidate_packed, scatter, traces)
     else:

@@ -190,6 +190,7 @@ class PairedFeatureMetric(Metric):
                 f"`incoming_state` lacks the state(s) {missing}; pass another {type(self).__name__}'s `metric_state`."
             )
         checked = self._check_incoming(incoming_state, "incoming ")
+        self._before_merge()
         # torchmetrics would put the incoming rows of a list state first; keep this metric's rows first instead.
         appended = {name: checked.pop(name) for name in self._list_states if name in checked}
         for name in appended:
@@ -199,6 +200,9 @@ class PairedFeatureMetric(Metric):
         for name, rows in appended.items():
             setattr(self, name, self._list_state(name) + list(rows))
         self._computed = None  # torchmetrics keeps the value of an earlier compute() after a merge; it is stale now
+
+    def _before_merge(self) -> None:
+        """Called by :meth:`merge_state` once the incoming states passed their checks, before anything is merged."""
 
     def _load_checked_states(
         self,
