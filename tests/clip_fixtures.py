@@ -70,7 +70,7 @@ def write_byte_level_vocab(folder: Union[str, os.PathLike]) -> Path:
     return folder
 
 
-def build_tiny_clip(path: Union[str, os.PathLike], seed: int = 0) -> Path:
+def build_tiny_clip(path: Union[str, os.PathLike], seed: int = 0, context_length: int = TINY_CONTEXT_LENGTH) -> Path:
     """Save a tiny random ``CLIPModel`` with its ``CLIPProcessor`` to ``path`` and return ``path``.
 
     Sizes: hidden size 32, 2 layers and 2 heads in each tower, images of 32 x 32 pixels in patches of 8,
@@ -80,6 +80,7 @@ def build_tiny_clip(path: Union[str, os.PathLike], seed: int = 0) -> Path:
     Args:
         path: Folder to write into (created if missing).
         seed: Seed of the random weights.
+        context_length: The context window in tokens (one per character with this vocabulary).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`, loadable with ``CLIPModel.from_pretrained(path)`` and
@@ -94,7 +95,7 @@ def build_tiny_clip(path: Union[str, os.PathLike], seed: int = 0) -> Path:
     text_config = dict(
         tower,
         vocab_size=514,
-        max_position_embeddings=TINY_CONTEXT_LENGTH,
+        max_position_embeddings=context_length,
         bos_token_id=512,
         eos_token_id=513,
         pad_token_id=513,

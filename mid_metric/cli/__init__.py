@@ -6,7 +6,15 @@ Subcommands:
 - ``mid-metric reference PAIRS -o ref.safetensors --model MODEL``: build reference statistics once from real
   (image, caption) pairs;
 - ``mid-metric score PAIRS --reference ref.safetensors`` (or ``--reference-pairs REAL_PAIRS --model MODEL``):
-  print MID of candidate pairs, with ``--per-sample out.csv`` and ``--json``.
+  print MID of candidate pairs, with ``--per-sample out.csv`` and ``--json``;
+- ``mid-metric correlate SCORES JUDGMENTS --key K --score-column C --rating-column R``: Kendall's tau (as scipy
+  computes it) of per-sample scores against human ratings joined on a key, with a seeded bootstrap interval;
+- ``mid-metric benchmark flickr8k-expert|flickr8k-cf --root DIR --model MODEL``: the paper's human-judgment
+  protocol end to end: MID, CLIP-S and RefCLIP-S on Flickr8K's files as distributed, correlated with the ratings
+  and printed next to the published values.
+
+Every CLIP command takes ``--preprocess processor|openai|mid-t2i``: the model's Hugging Face image processor, or
+OpenAI CLIP's own pipeline (:mod:`mid_metric.features.preprocess`), with which the published numbers were computed.
 
 PAIRS is a CSV/TSV/JSONL file with an image path column and a caption column (see :mod:`mid_metric.io.pairs`), or a
 ``.safetensors``/``.npz`` file of precomputed ``image_features`` and ``text_features``. Bad input ends the command
@@ -20,9 +28,10 @@ working directory. Features files carry no model name: scoring them against feat
 unless ``--features-from-model`` states that they come from that model.
 
 One module per command (:mod:`~mid_metric.cli.demo`, :mod:`~mid_metric.cli.reference`,
-:mod:`~mid_metric.cli.score`), with the parser in :mod:`~mid_metric.cli.parser` and what they share in
-:mod:`~mid_metric.cli.session`. Only the CLIP path imports transformers, so ``mid-metric demo`` and precomputed
-features never do.
+:mod:`~mid_metric.cli.score`, :mod:`~mid_metric.cli.correlate`, :mod:`~mid_metric.cli.benchmark`), with the parser
+in :mod:`~mid_metric.cli.parser` and what they share in :mod:`~mid_metric.cli.session`. Only the CLIP path imports
+transformers, so ``mid-metric demo`` and precomputed features never do, and only ``correlate`` and ``benchmark``
+import scipy.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
+from mid_metric.cli.benchmark import run_benchmark
+from mid_metric.cli.correlate import run_correlate
 from mid_metric.cli.demo import run_demo_command
 from mid_metric.cli.parser import EXIT_BAD_INPUT, EXIT_INTERRUPTED, PROG, CommandError, build_parser
 from mid_metric.cli.reference import run_reference
@@ -38,7 +49,13 @@ from mid_metric.cli.session import one_line
 
 __all__ = ["main", "build_parser", "CommandError"]
 
-_COMMANDS = {"demo": run_demo_command, "reference": run_reference, "score": run_score}
+_COMMANDS = {
+    "demo": run_demo_command,
+    "reference": run_reference,
+    "score": run_score,
+    "correlate": run_correlate,
+    "benchmark": run_benchmark,
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

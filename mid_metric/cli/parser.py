@@ -67,6 +67,10 @@ def _eps(text: str) -> float:
 METRIC_NAMES = ("mid", "clip-score", "r-precision", "infonce")
 
 
+#: The benchmarks of ``mid-metric benchmark``.
+BENCHMARK_NAMES = ("flickr8k-expert", "flickr8k-cf")
+
+
 def _metric_names(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
     unknown = [name for name in names if name not in METRIC_NAMES]
@@ -99,11 +103,36 @@ _PAIRS_HELP = textwrap.fill(
 )
 
 
-def _add_common_options(parser: argparse.ArgumentParser, model_help: str, eps_default: str) -> None:
+#: The image preprocessing choices of ``--preprocess`` (those of :data:`mid_metric.features.PREPROCESSING`).
+PREPROCESS_CHOICES = ("processor", "openai", "mid-t2i")
+
+
+def _add_common_options(
+    parser: argparse.ArgumentParser,
+    model_help: str,
+    eps_default: str,
+    columns: bool = True,
+    preprocess_default: str = "processor",
+) -> None:
     group = parser.add_argument_group("features")
     group.add_argument("--model", metavar="MODEL", help=model_help)
-    group.add_argument("--image-column", default="image", metavar="NAME", help="column of PAIRS with the image path")
-    group.add_argument("--caption-column", default="caption", metavar="NAME", help="column of PAIRS with the caption")
+    if columns:
+        group.add_argument(
+            "--image-column", default="image", metavar="NAME", help="column of PAIRS with the image path"
+        )
+        group.add_argument(
+            "--caption-column", default="caption", metavar="NAME", help="column of PAIRS with the caption"
+        )
+    group.add_argument(
+        "--preprocess",
+        choices=PREPROCESS_CHOICES,
+        default=preprocess_default,
+        help="how images are resized, cropped and normalised for CLIP: 'processor' (the model's Hugging Face image"
+        " processor), 'openai' (OpenAI CLIP's own pipeline, with which the paper's captioning numbers were computed:"
+        " bicubic resize of the short side, center crop, CLIP mean and std) or 'mid-t2i' (the MID paper's"
+        " text-to-image protocol: resize and crop to 256 first). Use the same for a reference and its candidates;"
+        " reference files do not record it",
+    )
     group.add_argument(
         "--device",
         default=_default_device(),
@@ -137,7 +166,7 @@ def _add_common_options(parser: argparse.ArgumentParser, model_help: str, eps_de
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser of ``mid-metric`` with its three subcommands.
+    """Return the argument parser of ``mid-metric`` with its subcommands.
 
     Example:
         >>> args = build_parser().parse_args(["score", "gen.csv", "--reference", "ref.safetensors", "--json"])
@@ -159,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
             "  mid-metric reference coco_val.csv -o coco_ref.safetensors --model openai/clip-vit-large-patch14\n"
             "  mid-metric score generator_a.csv --reference coco_ref.safetensors --per-sample a.csv --json\n"
             "  mid-metric score captions.csv --reference-pairs captions.csv --generated-caption-column generated \\\n"
-            "      --model openai/clip-vit-large-patch14\n\n"
+            "      --model openai/clip-vit-large-patch14\n"
+            "  mid-metric correlate a.csv ratings.tsv --key row --score-column pmi --rating-column rating\n"
+            "  mid-metric benchmark flickr8k-expert --root flickr8k --model openai/clip-vit-base-patch32\n\n"
             "Run 'mid-metric COMMAND --help' for the options of each command."
         ),
     )
@@ -168,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo_command(commands)
     _add_reference_command(commands)
     _add_score_command(commands)
+    _add_correlate_command(commands)
+    _add_benchmark_command(commands)
     return parser
 
 
@@ -280,4 +313,126 @@ def _add_score_command(commands: Any) -> None:
         " model recorded in --reference, and must be the same model (a local folder is compared by the"
         " fingerprint of its weights, not by its path)",
         eps_default="the eps recorded in --reference, else 0",
+    )
+
+
+def _confidence_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("confidence interval")
+    group.add_argument(
+        "--bootstrap",
+        type=_non_negative_int,
+        default=1000,
+        metavar="N",
+        help="bootstrap resamples for the 95%% interval of tau; items are drawn with replacement (0: no interval)",
+    )
+    group.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        help="seed of the bootstrap: the same seed gives the same interval (default: 0)",
+    )
+
+
+def _add_correlate_command(commands: Any) -> None:
+    correlate = commands.add_parser(
+        "correlate",
+        help="Kendall's tau between per-sample scores and human judgments",
+        formatter_class=_Formatter,
+        description=(
+            "Join per-sample scores (e.g. the CSV of 'mid-metric score --per-sample') with human judgments on a key\n"
+            "column, and print Kendall's tau of each score column against the ratings, exactly as\n"
+            "scipy.stats.kendalltau(scores, ratings, variant=...) computes it, with its p-value, the number of\n"
+            "judgments and a seeded bootstrap 95% interval. Both files may be CSV (.csv), TSV (.tsv) or JSON Lines\n"
+            "(.jsonl). A key names one row of SCORES; JUDGMENTS may rate a key several times, and each rating counts\n"
+            "(the bootstrap draws a key with all its ratings). Judgments whose rating is empty or NaN are skipped.\n"
+            "Needs scipy (the 'benchmark' extra)."
+        ),
+    )
+    correlate.add_argument("scores", metavar="SCORES", help="per-sample scores: a key column and score columns")
+    correlate.add_argument("judgments", metavar="JUDGMENTS", help="human judgments: a key column and a rating column")
+    correlate.add_argument("--key", required=True, metavar="NAME", help="the key column, in both files")
+    correlate.add_argument(
+        "--score-column",
+        required=True,
+        action="append",
+        metavar="NAME",
+        help="a score column of SCORES (e.g. pmi); repeat it for a table of several metrics",
+    )
+    correlate.add_argument("--rating-column", required=True, metavar="NAME", help="the rating column of JUDGMENTS")
+    correlate.add_argument(
+        "--variant",
+        choices=("b", "c"),
+        default="b",
+        help="Kendall's tau-b (ties adjusted, scipy's default) or tau-c (Stuart's, used for Flickr8K-Expert)",
+    )
+    correlate.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="correlate the keys found in both files; without it, a row present in only one file is an error",
+    )
+    correlate.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object (tau, p_value, n, ci_low, ci_high per score column) instead of text",
+    )
+    _confidence_options(correlate)
+
+
+def _add_benchmark_command(commands: Any) -> None:
+    benchmark = commands.add_parser(
+        "benchmark",
+        help="reproduce the paper's human-judgment correlations on a public captioning benchmark",
+        formatter_class=_Formatter,
+        description=(
+            "Score every judged (image, caption) pair of a captioning benchmark with MID (per-sample PMI), CLIP-S and\n"
+            "RefCLIP-S, and print each metric's Kendall tau with the human ratings next to the MID paper's value.\n\n"
+            "flickr8k-expert (tau-c) and flickr8k-cf (tau-b) read the files of Flickr8K as distributed, under --root:\n"
+            "  Flicker8k_Dataset/<image>.jpg, Flickr8k.token.txt, ExpertAnnotations.txt, CrowdFlowerAnnotations.txt.\n"
+            "As in SPICE and CLIPScore, Expert rows whose caption is one of the image's references are skipped, a\n"
+            "rated CrowdFlower caption is removed from the image's references, and NaN ratings are skipped.\n\n"
+            "MID's reference is fitted on the benchmark's own (image, reference caption) pairs unless --reference\n"
+            "gives a statistics file. MID encodes the captions as they are (as 'mid-metric reference' does); CLIP-S\n"
+            "and RefCLIP-S prefix them with 'A photo depicts ', as Hessel et al. do. Needs scipy (the 'benchmark'\n"
+            "extra)."
+        ),
+    )
+    benchmark.add_argument("name", metavar="NAME", choices=BENCHMARK_NAMES, help=f"one of {', '.join(BENCHMARK_NAMES)}")
+    benchmark.add_argument("--root", required=True, metavar="DIR", help="the folder holding the benchmark's files")
+    benchmark.add_argument(
+        "--reference",
+        metavar="REF.safetensors",
+        help="MID reference statistics file (from 'mid-metric reference', e.g. on COCO) instead of the benchmark's"
+        " own reference pairs",
+    )
+    benchmark.add_argument(
+        "--no-prompt-prefix",
+        action="store_true",
+        help="encode CLIP-S's and RefCLIP-S's captions without Hessel et al.'s prefix 'A photo depicts '",
+    )
+    benchmark.add_argument(
+        "--per-sample",
+        metavar="OUT.csv",
+        help="write one row per judgment: judgment (its number), line (of the annotation file), image, caption_id,"
+        " caption, rater, rating, mid, clip_score, ref_clip_score (a table that 'mid-metric correlate' reads)",
+    )
+    benchmark.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object (benchmark, counts, model, reference, each metric's tau, p_value and interval,"
+        " the paper's values) instead of text",
+    )
+    benchmark.add_argument(
+        "--dtype",
+        choices=("float32", "float16", "bfloat16"),
+        default="float32",
+        help="dtype of the CLIP weights; the published values come from OpenAI's CLIP in float16 on a GPU",
+    )
+    _confidence_options(benchmark)
+    _add_common_options(
+        benchmark,
+        "Hugging Face CLIP model id or local model folder (the paper: openai/clip-vit-base-patch32); defaults to"
+        " the model recorded in --reference",
+        eps_default="the eps recorded in --reference, else 0",
+        columns=False,
+        preprocess_default="openai",
     )

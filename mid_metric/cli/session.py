@@ -121,8 +121,8 @@ def _check_images_exist(table: PairsTable) -> None:
             raise PairsError(f"{table.source}, row {pair.row}: image {str(pair.image_path)!r} does not exist.")
 
 
-def _encode(table: PairsTable, extractor: Any, args: argparse.Namespace, console: Console) -> Features:
-    """Encode the images (through a DataLoader, with a progress bar) and the captions of a pairs table."""
+def encode_images(table: PairsTable, extractor: Any, args: argparse.Namespace, console: Console) -> Tensor:
+    """Encode the images of a pairs table through a DataLoader (``--num-workers``), with a progress bar."""
     loader = torch.utils.data.DataLoader(
         _ImageDataset(table),
         batch_size=args.batch_size,
@@ -141,12 +141,23 @@ def _encode(table: PairsTable, extractor: Any, args: argparse.Namespace, console
             bar.update(len(batch))
     finally:
         bar.close()
-    captions = [pair.caption for pair in table.pairs]
-    text_chunks = [
-        extractor.encode_texts(captions[start : start + args.batch_size]).float().cpu()
-        for start in range(0, len(captions), args.batch_size)
+    return torch.cat(image_chunks)
+
+
+def encode_texts(captions: Sequence[str], extractor: Any, batch_size: int) -> Tensor:
+    """Encode captions, ``batch_size`` at a time, as float32 CPU features."""
+    chunks = [
+        extractor.encode_texts(list(captions[start : start + batch_size])).float().cpu()
+        for start in range(0, len(captions), batch_size)
     ]
-    return Features(torch.cat(image_chunks), torch.cat(text_chunks), table.source, table)
+    return torch.cat(chunks)
+
+
+def _encode(table: PairsTable, extractor: Any, args: argparse.Namespace, console: Console) -> Features:
+    """Encode the images (through a DataLoader, with a progress bar) and the captions of a pairs table."""
+    images = encode_images(table, extractor, args, console)
+    texts = encode_texts([pair.caption for pair in table.pairs], extractor, args.batch_size)
+    return Features(images, texts, table.source, table)
 
 
 class Session:
@@ -175,8 +186,17 @@ class Session:
                 )
             check_device(self.args.device)
             self.console.quiet_transformers()
-            self.console.info(f"Loading {self.model} on {self.args.device} ...")
-            self._extractor = load_clip(self.model, device=self.args.device, batch_size=self.args.batch_size)
+            preprocess = getattr(self.args, "preprocess", "processor")
+            shown = "" if preprocess == "processor" else f" (preprocessing: {preprocess})"
+            self.console.info(f"Loading {self.model} on {self.args.device}{shown} ...")
+            dtype = getattr(self.args, "dtype", None)
+            self._extractor = load_clip(
+                self.model,
+                device=self.args.device,
+                dtype=getattr(torch, dtype) if dtype else None,
+                batch_size=self.args.batch_size,
+                preprocess=preprocess,
+            )
         return self._extractor
 
     def features(self, source: Any) -> Features:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from mid_metric.features.identity import is_local_model_identity, looks_like_local_path, model_identity
 from mid_metric.features.inputs import ImageBatch, check_texts, images_to_float_list, normalize_features
+from mid_metric.features.preprocess import check_preprocess, openai_pixels, text_to_image_pixels, to_pil_images
 from mid_metric.features.protocol import _freeze, _pooled
 
 
@@ -30,10 +31,15 @@ class ClipFeatureExtractor(nn.Module):
         name: Identifier written to reference statistics files; defaults to the model's ``name_or_path``, or,
             when that is a local folder, its :func:`model_identity` (``local:<name>@sha256:<fingerprint>``).
         batch_size: Largest number of images or captions sent to the model at once.
+        preprocess: How images become pixel values (:mod:`mid_metric.features.preprocess`): ``"processor"`` (the
+            processor's ``image_processor``, the default), ``"openai"`` (OpenAI CLIP's own pipeline, with which the
+            published captioning numbers were computed) or ``"mid-t2i"`` (the MID paper's text-to-image protocol,
+            which resizes and crops to 256 first). The last two need only PIL and use the model's input size
+            ``vision_config.image_size``.
 
     Raises:
         TypeError: If ``model`` or ``processor`` lacks what is needed.
-        ValueError: If ``batch_size`` is not positive.
+        ValueError: If ``batch_size`` is not positive or ``preprocess`` is unknown.
 
     Example:
         >>> extractor = load_clip("openai/clip-vit-base-patch32")  # doctest: +SKIP
@@ -41,7 +47,14 @@ class ClipFeatureExtractor(nn.Module):
         torch.Size([1, 512])
     """
 
-    def __init__(self, model: nn.Module, processor: Any, name: Optional[str] = None, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        name: Optional[str] = None,
+        batch_size: int = 64,
+        preprocess: str = "processor",
+    ) -> None:
         super().__init__()
         if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
             raise TypeError(
@@ -62,6 +75,14 @@ class ClipFeatureExtractor(nn.Module):
         context = getattr(text_config, "max_position_embeddings", None)
         if not isinstance(context, int):
             raise TypeError("`model.config.text_config.max_position_embeddings` (the context window) is missing.")
+        self.preprocess = check_preprocess(preprocess)
+        image_size = getattr(getattr(config, "vision_config", None), "image_size", None)
+        if self.preprocess != "processor" and not (isinstance(image_size, int) and image_size > 0):
+            raise TypeError(
+                f"`preprocess={self.preprocess!r}` needs the model's input size,"
+                " `model.config.vision_config.image_size`, which is missing."
+            )
+        self.image_size = image_size
         _freeze(model)
         self.model = model
         self.processor = processor
@@ -89,24 +110,31 @@ class ClipFeatureExtractor(nn.Module):
 
         Args:
             images: uint8 ``(N, 3, H, W)``, float ``(N, 3, H, W)`` in ``[0, 1]``, or a list of PIL images or
-                ``(3, H, W)`` tensors.
+                ``(3, H, W)`` tensors. They are resized, cropped and normalised by the extractor's ``preprocess``.
 
         Raises:
             TypeError: If the images are of an unsupported type or dtype.
             ValueError: If their shape is wrong or float values lie outside ``[0, 1]``.
         """
-        pictures = images_to_float_list(images)
+        pictures = images_to_float_list(images) if self.preprocess == "processor" else to_pil_images(images)
         device, dtype = self._model_device_dtype()
         chunks = []
         for start in range(0, len(pictures), self.batch_size):
             chunk = pictures[start : start + self.batch_size]
-            pixels = self.processor.image_processor(images=chunk, do_rescale=False, return_tensors="pt")
-            pixel_values = pixels["pixel_values"].to(device=device, dtype=dtype)
+            pixel_values = self._pixel_values(chunk).to(device=device, dtype=dtype)
             with torch.inference_mode():
                 chunks.append(_pooled(self.model.get_image_features(pixel_values=pixel_values), "image"))
         if not chunks:
             return torch.empty(0, self.image_dim, device=device)
         return normalize_features(torch.cat(chunks).clone(), "image features")
+
+    def _pixel_values(self, chunk: Any) -> Tensor:
+        """Pixel values of a chunk of images by the chosen preprocessing."""
+        if self.preprocess == "openai":
+            return openai_pixels(chunk, self.image_size)
+        if self.preprocess == "mid-t2i":
+            return text_to_image_pixels(chunk, self.image_size)
+        return self.processor.image_processor(images=chunk, do_rescale=False, return_tensors="pt")["pixel_values"]
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Tokenise captions as the model sees them: padded, and truncated to the context window by the tokenizer.
@@ -139,7 +167,8 @@ class ClipFeatureExtractor(nn.Module):
 
     def extra_repr(self) -> str:
         """Name and feature sizes, shown in ``repr``."""
-        return f"name={self.name!r}, image_dim={self.image_dim}, text_dim={self.text_dim}"
+        text = f"name={self.name!r}, image_dim={self.image_dim}, text_dim={self.text_dim}"
+        return text if self.preprocess == "processor" else f"{text}, preprocess={self.preprocess!r}"
 
 
 def _default_name(model: nn.Module) -> str:
@@ -161,6 +190,7 @@ def load_clip(
     dtype: Optional[torch.dtype] = None,
     batch_size: int = 64,
     name: Optional[str] = None,
+    preprocess: str = "processor",
 ) -> ClipFeatureExtractor:
     """Load a CLIP model and its processor with transformers and wrap them in a :class:`ClipFeatureExtractor`.
 
@@ -176,6 +206,7 @@ def load_clip(
         name: Name recorded in reference statistics files; defaults to :func:`model_identity` of
             ``name_or_path``: a model id as it is, a local folder as ``local:<name>@sha256:<fingerprint>``, so that
             the name does not depend on the working directory or on where the folder lives.
+        preprocess: ``"processor"``, ``"openai"`` or ``"mid-t2i"``: see :class:`ClipFeatureExtractor`.
 
     Returns:
         The frozen extractor.
@@ -185,6 +216,7 @@ def load_clip(
         OSError: If the model or its processor cannot be found or loaded (e.g. offline and not cached), or the
             folder holds no weights files.
         TypeError: If ``name_or_path`` is not a string.
+        ValueError: If ``preprocess`` is unknown.
 
     Example:
         >>> from mid_metric.features import load_clip
@@ -194,6 +226,7 @@ def load_clip(
     """
     if not isinstance(name_or_path, str) or not name_or_path:
         raise TypeError(f"`name_or_path` must be a Hugging Face model id or a folder path, got {name_or_path!r}.")
+    check_preprocess(preprocess)
     try:
         from transformers import CLIPModel, CLIPProcessor
     except ImportError as error:
@@ -229,4 +262,4 @@ def load_clip(
     if device is not None:
         model = model.to(device=device)
     label = name if name is not None else model_identity(name_or_path)
-    return ClipFeatureExtractor(model, processor, name=label, batch_size=batch_size)
+    return ClipFeatureExtractor(model, processor, name=label, batch_size=batch_size, preprocess=preprocess)

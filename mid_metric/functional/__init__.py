@@ -1,13 +1,15 @@
 """Pure functions of feature tensors: one module per metric.
 
 :mod:`mid_metric.functional.mid` holds MID; :mod:`~mid_metric.functional.clip_score`,
-:mod:`~mid_metric.functional.r_precision` and :mod:`~mid_metric.functional.infonce` the companion metrics.
+:mod:`~mid_metric.functional.r_precision` and :mod:`~mid_metric.functional.infonce` the companion metrics;
+:mod:`~mid_metric.functional.correlation` Kendall's tau against human ratings, with a bootstrap interval.
 
 ``mid_metric.functional`` also re-exports the reference-Gaussian building blocks that mid-metric 0.1 documented
 here (they live in :mod:`mid_metric.gaussian`).
 """
 
 from mid_metric.functional.clip_score import clip_score, ref_clip_score
+from mid_metric.functional.correlation import bootstrap_kendall_tau, kendall_tau
 from mid_metric.functional.infonce import infonce, infonce_bound
 from mid_metric.functional.mid import (
     divergence_from_moments,
@@ -37,4 +39,6 @@ __all__ = [
     "clip_r_precision",
     "infonce",
     "infonce_bound",
+    "kendall_tau",
+    "bootstrap_kendall_tau",
 ]

@@ -1,5 +1,6 @@
-"""Files: the atomic writer, reference statistics files and tables of pairs or features.
+"""Files: the atomic writer, reference statistics files, tables of pairs or features, and human judgments.
 
-One module each: :mod:`~mid_metric.io.atomic`, :mod:`~mid_metric.io.reference_files` (typed metadata) and
-:mod:`~mid_metric.io.pairs`.
+One module each: :mod:`~mid_metric.io.atomic`, :mod:`~mid_metric.io.reference_files` (typed metadata),
+:mod:`~mid_metric.io.pairs`, :mod:`~mid_metric.io.judgments` (score and rating tables and their join) and
+:mod:`~mid_metric.io.flickr8k` (the Flickr8K files, with the SPICE/CLIPScore exclusions).
 """

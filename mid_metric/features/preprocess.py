@@ -1,0 +1,231 @@
+"""OpenAI CLIP's own image preprocessing, reproduced with PIL and torch alone (no torchvision).
+
+The MID paper's numbers come from OpenAI's ``clip`` package, not from Hugging Face's ``CLIPImageProcessor``. The
+two are close but not identical (the processor floors the crop offset where torchvision rounds it, and it resizes
+through its own array conversions), so the features differ in the last digits and, near the crop edge, by a pixel
+row. :data:`PREPROCESSING` names the pipelines a :class:`~mid_metric.features.ClipFeatureExtractor` can use:
+
+- ``"processor"``: the model's Hugging Face image processor (the default);
+- ``"openai"``: OpenAI CLIP's ``_transform(n_px)``, which the CLIPScore authors use too: a PIL **bicubic** resize of
+  the short side to ``n_px`` (the long side becomes ``int(n_px * long / short)``), a center crop of ``n_px x n_px``
+  whose offsets are ``int(round((side - n_px) / 2))``, conversion to RGB, ``/ 255`` in float32, then
+  ``(x - mean) / std`` with CLIP's mean ``(0.48145466, 0.4578275, 0.40821073)`` and std
+  ``(0.26862954, 0.26130258, 0.27577711)``;
+- ``"mid-t2i"``: the MID paper's text-to-image protocol (its ``coco.py`` and ``main.py``): a PIL **bilinear**
+  resize of the short side to 256 and a center crop to ``256 x 256``, ``/ 255``, then a bilinear resize of that
+  tensor to ``n_px x n_px`` without antialiasing (torchvision's tensor default before 0.17) and the same
+  normalisation.
+
+``n_px`` is the model's input size (``vision_config.image_size``: 224 for ViT-B/32 and ViT-L/14). OpenAI's pipeline
+takes 8-bit images: uint8 tensors are converted to PIL images exactly, float tensors in ``[0, 1]`` are rounded to
+8 bits first. PIL images are resized in their own mode and converted to RGB after the crop, as OpenAI's code does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from mid_metric.features.inputs import ImageBatch, count_images
+
+__all__ = [
+    "PREPROCESSING",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "check_preprocess",
+    "resized_size",
+    "center_crop_box",
+    "to_pil_images",
+    "openai_pixels",
+    "text_to_image_pixels",
+]
+
+#: The image pipelines a CLIP extractor can use (see the module docstring).
+PREPROCESSING = ("processor", "openai", "mid-t2i")
+
+#: CLIP's per-channel mean of the RGB values in ``[0, 1]``.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+
+#: CLIP's per-channel standard deviation.
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: The side that the MID paper's text-to-image protocol resizes and crops to before the model's own size.
+TEXT_TO_IMAGE_SIDE = 256
+
+
+def check_preprocess(value: object) -> str:
+    """Return ``value`` if it names one of :data:`PREPROCESSING`, else raise.
+
+    Raises:
+        ValueError: If ``value`` is not one of them.
+
+    Example:
+        >>> check_preprocess("openai")
+        'openai'
+        >>> check_preprocess("torchvision")
+        Traceback (most recent call last):
+        ...
+        ValueError: `preprocess` must be one of 'processor', 'openai', 'mid-t2i', got 'torchvision'.
+    """
+    if not isinstance(value, str) or value not in PREPROCESSING:
+        expected = ", ".join(repr(name) for name in PREPROCESSING)
+        raise ValueError(f"`preprocess` must be one of {expected}, got {value!r}.")
+    return value
+
+
+def resized_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """The ``(width, height)`` after resizing the short side to ``side``, as torchvision's ``Resize(side)`` gives.
+
+    Example:
+        >>> resized_size(500, 375, 224)   # landscape: height 224, width int(224 * 500 / 375)
+        (298, 224)
+        >>> resized_size(333, 500, 224)
+        (224, 336)
+    """
+    if width <= height:
+        return side, int(side * height / width)
+    return int(side * width / height), side
+
+
+def center_crop_box(width: int, height: int, side: int) -> tuple[int, int, int, int]:
+    """PIL crop box ``(left, top, right, bottom)`` of the centred ``side x side`` square, offsets rounded.
+
+    Python's ``round`` (half to even) is what torchvision's ``CenterCrop`` uses.
+
+    Example:
+        >>> center_crop_box(298, 224, 224)
+        (37, 0, 261, 224)
+        >>> center_crop_box(225, 227, 224)   # offsets round(0.5) = 0 and round(1.5) = 2
+        (0, 2, 224, 226)
+    """
+    left = int(round((width - side) / 2.0))
+    top = int(round((height - side) / 2.0))
+    return left, top, left + side, top + side
+
+
+def to_pil_images(images: ImageBatch) -> list[Any]:
+    """Return the batch as PIL images: PIL images as they are, uint8 tensors exactly, float tensors rounded to 8 bits.
+
+    Raises:
+        TypeError: If an image is of an unsupported type or dtype.
+        ValueError: If a tensor has the wrong shape or float values outside ``[0, 1]``.
+
+    Example:
+        >>> [image.size for image in to_pil_images(torch.zeros(2, 3, 5, 7, dtype=torch.uint8))]
+        [(7, 5), (7, 5)]
+    """
+    import numpy as np
+    from PIL import Image
+
+    count_images(images)  # type and batch-shape check
+    items = list(images.unbind(0)) if isinstance(images, Tensor) else list(images)
+    converted = []
+    for index, image in enumerate(items):
+        where = f"`images[{index}]`"
+        if isinstance(image, Tensor):
+            if image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"{where} must be a (3, H, W) tensor, got shape {tuple(image.shape)}.")
+            image = image.detach().cpu()
+            if image.dtype != torch.uint8:
+                if not image.is_floating_point():
+                    raise TypeError(f"{where} must be uint8 (0..255) or floating point (0..1), got {image.dtype}.")
+                values = image.to(torch.float32)
+                if values.numel() and not (
+                    bool(torch.isfinite(values).all()) and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
+                ):
+                    raise ValueError(
+                        f"{where} is a float tensor, so its values must lie in [0, 1]. Pass uint8 tensors for 0..255"
+                        " data."
+                    )
+                image = (values * 255.0).round().to(torch.uint8)
+            converted.append(Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()), mode="RGB"))
+        elif hasattr(image, "convert") and hasattr(image, "size") and hasattr(image, "mode"):
+            converted.append(image)
+        else:
+            raise TypeError(f"{where} must be a PIL image or a (3, H, W) tensor, got {type(image).__name__}.")
+    return converted
+
+
+def _resize_and_crop(image: Any, side: int, resample: int) -> Any:
+    """Resize the short side of a PIL image to ``side`` with ``resample``, then crop the centred square."""
+    width, height = resized_size(image.size[0], image.size[1], side)
+    image = image.resize((width, height), resample)
+    return image.crop(center_crop_box(width, height, side))
+
+
+def _to_unit_tensor(image: Any) -> Tensor:
+    """A PIL image as float32 ``(3, H, W)`` in ``[0, 1]`` (``ToTensor``): converted to RGB, then divided by 255."""
+    import numpy as np
+
+    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).to(torch.float32).div(255)
+
+
+def _normalise(pixels: Tensor) -> Tensor:
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
+def openai_pixels(images: ImageBatch, size: int) -> Tensor:
+    """OpenAI CLIP's preprocessing of a batch: bicubic short-side resize, center crop, CLIP normalisation.
+
+    Args:
+        images: A list of PIL images or ``(3, H, W)`` tensors, or a batch tensor ``(N, 3, H, W)`` (uint8, or float
+            in ``[0, 1]``, rounded to 8 bits).
+        size: The model's input side ``n_px`` (224 for ViT-B/32 and ViT-L/14).
+
+    Returns:
+        Float32 ``(N, 3, size, size)`` pixel values for ``get_image_features``.
+
+    Raises:
+        TypeError: If an image is of an unsupported type or dtype.
+        ValueError: If a tensor has the wrong shape or float values outside ``[0, 1]``.
+
+    Example:
+        >>> from PIL import Image
+        >>> pixels = openai_pixels([Image.new("RGB", (40, 30), (255, 0, 0))], size=24)
+        >>> tuple(pixels.shape), round(pixels[0, 0, 0, 0].item(), 4)   # (1 - 0.4815) / 0.2686
+        ((1, 3, 24, 24), 1.9303)
+    """
+    from PIL import Image
+
+    pictures = [_to_unit_tensor(_resize_and_crop(image, size, Image.BICUBIC)) for image in to_pil_images(images)]
+    if not pictures:
+        return torch.empty(0, 3, size, size)
+    return _normalise(torch.stack(pictures))
+
+
+def text_to_image_pixels(images: ImageBatch, size: int) -> Tensor:
+    """The MID paper's text-to-image preprocessing: bilinear resize and crop to 256, then a tensor resize to ``size``.
+
+    Args:
+        images: As for :func:`openai_pixels`.
+        size: The model's input side.
+
+    Returns:
+        Float32 ``(N, 3, size, size)`` pixel values.
+
+    Raises:
+        TypeError: If an image is of an unsupported type or dtype.
+        ValueError: If a tensor has the wrong shape or float values outside ``[0, 1]``.
+
+    Example:
+        >>> from PIL import Image
+        >>> tuple(text_to_image_pixels([Image.new("RGB", (300, 260))], size=32).shape)
+        (1, 3, 32, 32)
+    """
+    from PIL import Image
+
+    side = TEXT_TO_IMAGE_SIDE
+    pictures = [_to_unit_tensor(_resize_and_crop(image, side, Image.BILINEAR)) for image in to_pil_images(images)]
+    if not pictures:
+        return torch.empty(0, 3, size, size)
+    batch = torch.stack(pictures)
+    if size != side:
+        batch = torch.nn.functional.interpolate(
+            batch, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+        )
+    return _normalise(batch)
