@@ -30,6 +30,9 @@ __all__ = [
     "block_traces",
     "whitened_scatter",
     "pointwise_mutual_information_from_reference",
+    "WhiteningMatrices",
+    "whitening_matrices",
+    "pointwise_mutual_information_by_products",
 ]
 
 
@@ -322,3 +325,55 @@ def pointwise_mutual_information_from_reference(reference: GaussianReference, im
     distance_text = torch.linalg.solve_triangular(reference.chol_text, centred[image_dim:], upper=False)
     distance_text = distance_text.square().sum(dim=0)
     return reference.mutual_information + 0.5 * (distance_image + distance_text - distance_joint)
+
+
+class WhiteningMatrices(NamedTuple):
+    """Explicit inverse factors for scoring many small batches: the text rows of ``L_z^-1`` and ``L_y^-1``.
+
+    With ``c = z - mu``, ``d_z - d_x = |(L_z^-1 c)_y|^2`` (the leading block of ``L_z^-1`` is ``L_x^-1``), so
+    ``PMI = I - (|A c|^2 - |B c_y|^2) / 2`` with ``A`` the last ``Dy`` rows of ``L_z^-1`` and ``B = L_y^-1``: two
+    matrix products instead of two triangular solves, which are slow for a few right-hand sides.
+    """
+
+    conditional_text: Tensor
+    text: Tensor
+
+
+def whitening_matrices(reference: GaussianReference) -> WhiteningMatrices:
+    """Return the :class:`WhiteningMatrices` of a fitted reference (about one factorisation's cost).
+
+    Example:
+        >>> eye = torch.eye(3, dtype=torch.float64)
+        >>> ref = fit_reference(torch.zeros(3, dtype=torch.float64), 4 * eye, image_dim=1, count=10)
+        >>> [tuple(m.shape) for m in whitening_matrices(ref)]
+        [(2, 3), (2, 2)]
+    """
+    joint = reference.chol_joint
+    identity = torch.eye(joint.shape[0], dtype=joint.dtype, device=joint.device)
+    inverse_joint = torch.linalg.solve_triangular(joint, identity, upper=False)
+    inverse_text = torch.linalg.solve_triangular(
+        reference.chol_text, identity[: reference.text_dim, : reference.text_dim], upper=False
+    )
+    return WhiteningMatrices(inverse_joint[reference.image_dim :].contiguous(), inverse_text)
+
+
+def pointwise_mutual_information_by_products(
+    reference: GaussianReference, matrices: WhiteningMatrices, images: Tensor, texts: Tensor
+) -> Tensor:
+    """Per-pair PMI like :func:`pointwise_mutual_information_from_reference`, from two matrix products.
+
+    Several times faster for batches of tens of rows; it agrees with the triangular solves to about 1e-12 relative
+    on well-conditioned features, and less closely on ill-conditioned ones (an explicit inverse), so the metric
+    uses it for ``forward``'s batch scores, a progress indicator, and keeps the solves for :meth:`pmi`.
+
+    Example:
+        >>> z = torch.randn(100, 4, dtype=torch.float64)
+        >>> ref = reference_from_moments(moments.from_features(z), image_dim=2)
+        >>> fast = pointwise_mutual_information_by_products(ref, whitening_matrices(ref), z[:3, :2], z[:3, 2:])
+        >>> torch.allclose(fast, pointwise_mutual_information_from_reference(ref, z[:3, :2], z[:3, 2:]))
+        True
+    """
+    centred = moments.joint_rows(images, texts, reference.mean.device) - reference.mean
+    conditional = (centred @ matrices.conditional_text.mT).square().sum(dim=1)
+    marginal = (centred[:, reference.image_dim :] @ matrices.text.mT).square().sum(dim=1)
+    return reference.mutual_information - 0.5 * (conditional - marginal)

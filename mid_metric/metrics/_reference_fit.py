@@ -7,7 +7,14 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from mid_metric.gaussian import GaussianReference, ReferencePrecisions, reference_from_moments, reference_precisions
+from mid_metric.gaussian import (
+    GaussianReference,
+    ReferencePrecisions,
+    WhiteningMatrices,
+    reference_from_moments,
+    reference_precisions,
+    whitening_matrices,
+)
 
 __all__ = ["ReferenceFit", "RefitSchedule"]
 
@@ -113,6 +120,7 @@ class RefitSchedule:
 
     def __init__(self) -> None:
         self.reference: Optional[GaussianReference] = None
+        self.matrices: Optional[WhiteningMatrices] = None
         self._attempted = False
         self._rows_at_fit = 0
         self._rows_since_fit = 0
@@ -132,4 +140,5 @@ class RefitSchedule:
     def record(self, reference: Optional[GaussianReference], rows: int) -> None:
         """Record a fit from ``rows`` reference pairs (``reference`` is ``None`` when it failed)."""
         self.reference, self._attempted = reference, True
+        self.matrices = None if reference is None else whitening_matrices(reference)
         self._rows_at_fit, self._rows_since_fit = rows, 0

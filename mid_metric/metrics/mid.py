@@ -28,7 +28,11 @@ from mid_metric._checks import (
 )
 from mid_metric.features import count_images
 from mid_metric.functional.mid import divergence_from_moments
-from mid_metric.gaussian import GaussianReference, pointwise_mutual_information_from_reference
+from mid_metric.gaussian import (
+    GaussianReference,
+    pointwise_mutual_information_by_products,
+    pointwise_mutual_information_from_reference,
+)
 from mid_metric.metrics._base import FeatureSpec, PairedFeatureMetric, are_features
 from mid_metric.metrics._loaded_reference import LoadedReference, PathLike, check_reference_file
 from mid_metric.metrics._reference_fit import ReferenceFit, RefitSchedule
@@ -500,9 +504,9 @@ class MutualInformationDivergence(PairedFeatureMetric):
                 reference = None
             rows = reference.count if reference is not None else self._loaded.count + int(self.reference_moments[0])
             schedule.record(reference, rows)
-        if schedule.reference is None:
+        if schedule.reference is None or schedule.matrices is None:
             return None
-        value = pointwise_mutual_information_from_reference(schedule.reference, images, texts).mean()
+        value = pointwise_mutual_information_by_products(schedule.reference, schedule.matrices, images, texts).mean()
         try:
             return check_finite_result(value, "the batch PMI")
         except ValueError:
