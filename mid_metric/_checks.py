@@ -199,6 +199,8 @@ def describe_state_format(record: Tensor) -> str:
         >>> describe_state_format(state_format(6, 10))
         'state format 2 with (image_dim, text_dim) = (6, 10)'
     """
+    if record.numel() != 3:  # another settings record (the jackknife's [groups, key])
+        return f"settings {record.tolist()}"
     version, image_dim, text_dim = (int(v) for v in record.tolist())
     return f"state format {version} with (image_dim, text_dim) = ({image_dim}, {text_dim})"
 

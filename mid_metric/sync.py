@@ -105,7 +105,8 @@ def _gather(tensor: Tensor, group: Optional[Any]) -> list[Tensor]:
 def sync_state(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
     """Sync one state of :class:`~mid_metric.MutualInformationDivergence` across processes (its ``dist_sync_fn``).
 
-    Packed float64 moments are merged by :func:`all_reduce_moments`. The int64 ``state_format`` record is gathered
+    Packed float64 moments are merged by :func:`all_reduce_moments` (a ``(K, P)`` stack of them, as the jackknife
+    groups are kept, state by state). The int64 records (``state_format``, and ``jackknife_settings``) are gathered
     from every rank and checked: when the ranks disagree, every rank raises the same ``ValueError``.
 
     Args:
@@ -125,6 +126,8 @@ def sync_state(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
         [2, 4, 4]
     """
     if tensor.dtype != torch.int64:
+        if tensor.ndim == 2:  # a stack of packed states (the jackknife groups): merged state by state
+            return [torch.stack([all_reduce_moments(row, group)[0] for row in tensor])]
         return all_reduce_moments(tensor, group)
     if not (dist.is_available() and dist.is_initialized()):
         return [tensor.clone()]
@@ -135,7 +138,8 @@ def sync_state(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:
             f"rank {rank}: {_checks.describe_state_format(record)}" for rank, record in enumerate(gathered)
         )
         raise ValueError(
-            "The processes built MutualInformationDivergence with different feature sizes, so their statistics"
-            f" cannot be combined ({described}). Build the metric with the same `feature` on every rank."
+            "The processes built MutualInformationDivergence with different feature sizes or jackknife settings, so"
+            f" their statistics cannot be combined ({described}). Build the metric with the same `feature`,"
+            " `jackknife_groups` and `jackknife_key` on every rank."
         )
     return gathered

@@ -213,19 +213,30 @@ def _shared_link(reference: GaussianReference, candidate_packed: Tensor, num_can
     dx = reference.image_dim
     _, cand_scatter = moments.mean_and_scatter(candidate_packed)
     cand_cov = cand_scatter / (num_candidates - 1)
-    ref_cov = reference.covariance
+    # The reference's text-image block S_yx = L_yx L_xx^T (L lower triangular): a Dy x Dx x Dx product instead of
+    # rebuilding the whole covariance (the jackknife runs this once per group).
+    text_image = reference.chol_joint[dx:, :dx] @ reference.chol_image.mT
     if shared == "text":
         new, kept, chol_new, chol_kept = slice(0, dx), slice(dx, None), reference.chol_image, reference.chol_text
+        ref_cross = text_image  # S_wu = S_yx
     else:
         new, kept, chol_new, chol_kept = slice(dx, None), slice(0, dx), reference.chol_text, reference.chol_image
-    cross = cand_cov[new, kept] @ torch.cholesky_solve(
-        ref_cov[kept, new], chol_kept
-    )  # Cov(u_hat, w) Sigma_w^-1 Sigma_wu
+        ref_cross = text_image.mT  # S_wu = S_xy
+    cross = cand_cov[new, kept] @ torch.cholesky_solve(ref_cross, chol_kept)  # Cov(u_hat, w) Sigma_w^-1 Sigma_wu
     return torch.cholesky_solve(cross.mT, chol_new).mT
 
 
+# Default of ``corrected_terms(shared=...)``: detect the sharing with :func:`shared_modality`.
+_DETECT = "detect"
+
+
 def corrected_terms(
-    reference: GaussianReference, candidate_packed: Tensor, scatter: Tensor, traces: BlockTraces
+    reference: GaussianReference,
+    candidate_packed: Tensor,
+    scatter: Tensor,
+    traces: BlockTraces,
+    *,
+    shared: Optional[str] = _DETECT,
 ) -> tuple[Tensor, Tensor]:
     """Return the bias-corrected ``(I, distance)`` of MID from the plug-in quantities (``eps = 0``).
 
@@ -234,6 +245,8 @@ def corrected_terms(
         candidate_packed: Packed moments of the candidate pairs (``M >= 2``).
         scatter: ``S_hat`` of the candidates (:func:`mid_metric.gaussian.candidate_scatter`).
         traces: Its :func:`mid_metric.gaussian.block_traces`.
+        shared: What the candidates share with the reference, when the caller has already run
+            :func:`shared_modality` (it costs two triangular solves when ``M = N``); detected by default.
 
     Returns:
         The corrected mutual information and distance term; MID is their sum.
@@ -257,7 +270,8 @@ def corrected_terms(
     def independent(trace: Tensor, dim: int) -> Tensor:
         return (dof - dim - 1) / dof * (num_candidates - 1) / num_candidates * trace - dim / count
 
-    shared = shared_modality(reference, scatter, num_candidates)
+    if shared == _DETECT:
+        shared = shared_modality(reference, scatter, num_candidates)
     if shared == "both":
         distance = torch.zeros_like(mutual_info)
     elif shared == "repaired":

@@ -102,3 +102,97 @@ def test_bad_input_on_cuda_leaves_state_unchanged(data):
         metric.update(bad, data[3][:4].cuda(), real=False)
     for name, value in metric.metric_state.items():
         assert torch.equal(value, before[name]), name
+
+
+# ------------------------------------------------------------------ host synchronisations of update / update_pairs
+SYNC_BUFFER = 64
+
+
+def _sync_warnings(fn):
+    """Run ``fn`` under ``torch.cuda.set_sync_debug_mode("warn")``; return the synchronisation warnings it raised."""
+    import warnings
+
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # one warning per synchronising call, even from the same line
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return [w for w in caught if "called a synchronizing" in str(w.message)]
+
+
+def _without_syncs(fn):
+    """Run ``fn`` under ``torch.cuda.set_sync_debug_mode("error")``: any synchronisation raises RuntimeError."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def _sync_data(rows):
+    x, y = well_conditioned_pairs(rows, DX, DY, seed=0)
+    x0, _ = well_conditioned_pairs(rows, DX, DY, seed=1, strength=0.3)
+    return [t.float().cuda() for t in (x, y, x0)], (x.float(), y.float(), x0.float())
+
+
+def _sync_calls(metric, kind, gpu, rows):
+    """The calls under test: a run of batches that stages, fills and flushes the buffer (or bypasses it)."""
+    x, y, x0 = gpu
+    calls = []
+    for start in range(0, x.shape[0], rows):
+        s = slice(start, start + rows)
+        if kind == "update_pairs":
+            calls.append(lambda s=s: metric.update_pairs(x[s], y[s], x0[s]))
+        else:
+            calls.append(lambda s=s: metric.update(x[s], y[s], real=True))
+            calls.append(lambda s=s: metric.update(x0[s], y[s], real=False))
+    return calls
+
+
+def test_sync_counter_sees_a_synchronisation():
+    # The counting below means something only if the debug mode reports a known synchronisation.
+    value = torch.ones(3, device="cuda").sum()
+    assert len(_sync_warnings(lambda: value.item())) == 1
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        _without_syncs(lambda: value.item())
+
+
+@pytest.mark.parametrize("kind", ["update", "update_pairs"])
+@pytest.mark.parametrize("rows", [8, SYNC_BUFFER + 36], ids=["below_buffer", "above_buffer"])
+def test_update_without_validation_does_not_synchronise(kind, rows):
+    gpu, cpu = _sync_data(3 * SYNC_BUFFER + 20)
+
+    def build():
+        return MutualInformationDivergence((DX, DY), validate_args=False, buffer_rows=SYNC_BUFFER).to("cuda")
+
+    warm = build()  # CUDA context, kernels and cuBLAS handle outside the checked region
+    for call in _sync_calls(warm, kind, gpu, rows):
+        call()
+    metric = build()
+    for call in _sync_calls(metric, kind, gpu, rows):
+        _without_syncs(call)  # raises RuntimeError on any synchronisation
+    assert metric._staged["reference"] is None or metric._staged["reference"].device.type == "cuda"
+    assert metric.compute().item() == pytest.approx(ref_mid(cpu[0], cpu[1], cpu[2], cpu[1]), rel=REL, abs=0.0)
+
+
+@pytest.mark.parametrize("kind", ["update", "update_pairs"])
+@pytest.mark.parametrize("rows", [8, SYNC_BUFFER + 36], ids=["below_buffer", "above_buffer"])
+def test_update_with_validation_synchronises_at_most_once(kind, rows):
+    gpu, cpu = _sync_data(3 * SYNC_BUFFER + 20)
+
+    def build():
+        return MutualInformationDivergence((DX, DY), validate_args=True, buffer_rows=SYNC_BUFFER).to("cuda")
+
+    warm = build()
+    for call in _sync_calls(warm, kind, gpu, rows):
+        call()
+    metric = build()
+    counts = [len(_sync_warnings(call)) for call in _sync_calls(metric, kind, gpu, rows)]
+    assert all(count <= 1 for count in counts), counts
+    assert metric.compute().item() == pytest.approx(ref_mid(cpu[0], cpu[1], cpu[2], cpu[1]), rel=REL, abs=0.0)

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "mid_metric"
 
 # Layers, bottom up. A module may import its own layer's modules and those of the layers listed for it.
-CORE = {"_version", "_checks", "moments", "gaussian", "wishart", "uncertainty", "result", "sync"}
+CORE = {"_version", "_checks", "moments", "gaussian", "wishart", "jackknife", "uncertainty", "result", "sync"}
 ALLOWED = {
     "core": {"core"},
     "features": {"core", "features"},

@@ -19,7 +19,7 @@ from reference_impl import (
     well_conditioned_pairs,
 )
 
-from mid_metric import MIDResult, MutualInformationDivergence
+from mid_metric import MIDResult, MutualInformationDivergence, jackknife, moments
 from mid_metric.functional import mutual_information_divergence
 
 REL = 1e-10
@@ -406,10 +406,23 @@ def _cases():
             ref_corrected_mid(*independent),
             functional=partial(mutual_information_divergence, *independent, bias_correction=True),
         ),
+        # The jackknife's groups come from a hash of each row's caption, so batches, order and ranks do not matter.
+        # Expected: the grouped functional jackknife on the whole matrices (tests/test_jackknife.py checks it
+        # against an implementation from the formula).
+        "jackknife": MetricCase(
+            partial(MutualInformationDivergence, feature=(DX, DY), bias_correction="jackknife", jackknife_groups=5),
+            _calls(*independent),
+            _grouped_jackknife(*independent, num_groups=5),
+        ),
     }
 
 
-@pytest.mark.parametrize("name", ["well", "eps", "clip_like", "bias_corrected"])
+def _grouped_jackknife(x, y, x0, y0, num_groups):
+    groups = [jackknife.group_moments(moments.joint_rows(a, b), DX, num_groups) for a, b in ((x, y), (x0, y0))]
+    return float(jackknife.jackknife_divergence(*groups, image_dim=DX).mid)
+
+
+@pytest.mark.parametrize("name", ["well", "eps", "clip_like", "bias_corrected", "jackknife"])
 def test_metric_tester_in_process(name):
     check_all_in_process(_cases()[name])
 

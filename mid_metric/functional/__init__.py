@@ -13,6 +13,7 @@ from mid_metric.functional.correlation import bootstrap_kendall_tau, kendall_tau
 from mid_metric.functional.infonce import infonce, infonce_bound
 from mid_metric.functional.mid import (
     divergence_from_moments,
+    jackknife_divergence,
     mutual_information,
     mutual_information_divergence,
     pointwise_mutual_information,
@@ -30,6 +31,7 @@ __all__ = [
     "fit_reference",
     "reference_from_moments",
     "divergence_from_moments",
+    "jackknife_divergence",
     "pointwise_mutual_information_from_reference",
     "mutual_information",
     "mutual_information_divergence",

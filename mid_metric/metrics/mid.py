@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from torch import Tensor
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
-from mid_metric import moments, uncertainty
+from mid_metric import jackknife, moments, uncertainty
 from mid_metric._checks import (
     check_bias_correction,
     check_bool,
@@ -40,7 +41,7 @@ from mid_metric.result import MIDResult
 from mid_metric.sync import sync_state
 
 _LOADED_REFERENCE_KEY = "loaded_reference_moments"
-_STAGED_KEY, _SHARED_KEY = "staged", "texts_shared"
+_STAGED_KEY, _SHARED_KEY, _GROUP_BATCHES_KEY = "staged", "texts_shared", "group_batches"
 _GROUPS = ("reference", "candidate")
 
 
@@ -51,6 +52,18 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     return repr(value)
+
+
+def _with_jackknife_interval(result: MIDResult, degrees_of_freedom: int, level: float) -> MIDResult:
+    """``result`` (with its jackknife standard error) and the interval ``mid +/- t * se``, ``t`` Student's quantile."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
+        raise ValueError(f"`level` must be a number in (0, 1), got {level!r}.")
+    if result.standard_error is None:  # pragma: no cover - jackknife results always carry one
+        raise RuntimeError("a jackknife result without a standard error")
+    half_width = jackknife.two_sided_t_quantile(float(level), degrees_of_freedom) * result.standard_error
+    return dataclasses.replace(
+        result, ci_low=result.mid - half_width, ci_high=result.mid + half_width, ci_level=float(level)
+    )
 
 
 class MutualInformationDivergence(PairedFeatureMetric):
@@ -91,9 +104,18 @@ class MutualInformationDivergence(PairedFeatureMetric):
             turns the buffer off. It is flushed before anything reads the statistics (``compute``, ``pmi``, the DDP
             sync, ``state_dict``, ``metric_state``, ``merge_state``, ``save_reference``), never holds more rows
             than this, and costs ``16 * buffer_rows * (Dx + Dy)`` bytes (25 MB at 1024 rows for ViT-L/14).
-        bias_correction: Compute the Gaussian bias-corrected MID (:mod:`mid_metric.wishart`), which estimates the
-            same population value at any ``N``, instead of the paper's estimator (the default, which published
-            numbers use). Needs ``eps = 0``.
+        bias_correction: ``False`` (the default) is the paper's estimator, which published numbers use. ``True``
+            computes the Gaussian bias-corrected MID (:mod:`mid_metric.wishart`), which estimates the same
+            population value at any ``N`` when the features are Gaussian. ``"jackknife"`` adds a grouped jackknife
+            on top of it (:mod:`mid_metric.jackknife`), which removes the remaining ``1/N`` bias of non-Gaussian
+            features and gives :meth:`compute_with_ci` a distribution-free standard error; it keeps
+            ``jackknife_groups`` extra states per group (``K`` times the memory and sync traffic), and cannot use
+            reference files. Both corrections need ``eps = 0``.
+        jackknife_groups: The number of groups ``K`` of the jackknife (2 to 1000).
+        jackknife_key: What decides a row's jackknife group: a hash of its ``"text"`` features (the default, for
+            candidates generated from the reference's captions), its ``"image"`` features (captioning, where the
+            candidates share the reference's images) or both (``"joint"``). It depends on neither batching, order
+            nor the number of processes.
         kwargs: Passed to :class:`torchmetrics.Metric` (``dist_sync_on_step``, ``process_group``, ...).
 
     Raises:
@@ -133,8 +155,10 @@ class MutualInformationDivergence(PairedFeatureMetric):
         validate_args: bool = True,
         reference: Optional[PathLike] = None,
         check_feature_extractor: bool = True,
-        bias_correction: bool = False,
+        bias_correction: Union[bool, str] = False,
         buffer_rows: int = 1024,
+        jackknife_groups: int = jackknife.DEFAULT_GROUPS,
+        jackknife_key: str = "text",
         **kwargs: Any,
     ) -> None:
         if kwargs.get("dist_sync_fn") is None:
@@ -143,7 +167,9 @@ class MutualInformationDivergence(PairedFeatureMetric):
             kwargs["dist_sync_fn"] = sync_state
         super().__init__(feature, validate_args, **kwargs)
         self.eps = check_eps(eps)
-        self.bias_correction = check_bias_correction(bias_correction, self.eps)
+        self.bias_correction = check_bias_correction(bias_correction, self.eps, allow_jackknife=True)
+        self.jackknife_groups = jackknife.check_num_groups(jackknife_groups, "jackknife_groups")
+        self.jackknife_key = jackknife.check_key(jackknife_key, "jackknife_key")
         self.reset_real_features = check_bool(reset_real_features, "reset_real_features")
         self.check_feature_extractor = check_bool(check_feature_extractor, "check_feature_extractor")
         self.buffer_rows = check_positive_int(buffer_rows, "buffer_rows")
@@ -157,11 +183,23 @@ class MutualInformationDivergence(PairedFeatureMetric):
             self.add_checked_state(
                 f"{group}_moments", moments.empty_moments(joint_dim), moments.merge, self._check_moments
             )
+        if self.uses_jackknife:
+            # The K groups' moments per group (mid_metric.jackknife), after a record of K and the key, which the
+            # DDP sync compares first like state_format.
+            self.add_checked_state(
+                "jackknife_settings", self._own_jackknife_settings(), same_state_format, self._check_settings
+            )
+            for group in _GROUPS:
+                empty = jackknife.empty_group_moments(self.jackknife_groups, joint_dim)
+                self.add_checked_state(
+                    f"{group}_group_moments", empty, jackknife.reduce_group_states, self._check_group_moments
+                )
         # Host-side: batches per group since its reset (the recentring schedule of moments.accumulate_batch_), the
         # staged rows per group, whether the candidates' texts have been the reference's row for row since the
         # last reset (update_pairs), the fitted reference, the one forward() scores batches with, the last result
         # with the candidates it came from, and the reference files' statistics.
         self._batches_seen = dict.fromkeys(_GROUPS, 0)
+        self._group_batches_seen = {group: [0] * self.jackknife_groups for group in _GROUPS}
         self._staged: dict[str, Optional[Tensor]] = dict.fromkeys(_GROUPS)
         self._staged_rows = dict.fromkeys(_GROUPS, 0)
         self._texts_shared = True
@@ -172,6 +210,32 @@ class MutualInformationDivergence(PairedFeatureMetric):
         self._loaded = LoadedReference(joint_dim)
         if reference is not None:
             self.load_reference(reference)
+
+    @property
+    def uses_jackknife(self) -> bool:
+        """Whether ``bias_correction="jackknife"``: the metric then keeps ``jackknife_groups`` sub-states per group."""
+        return self.bias_correction == "jackknife"
+
+    def _own_jackknife_settings(self) -> Tensor:
+        return torch.tensor([self.jackknife_groups, jackknife.GROUP_KEYS.index(self.jackknife_key)], dtype=torch.int64)
+
+    def _check_settings(self, value: object, name: str) -> Tensor:
+        own = self._own_jackknife_settings()
+        if not isinstance(value, Tensor) or value.dtype != torch.int64 or not torch.equal(value.cpu(), own):
+            raise ValueError(
+                f"`{name}` must be the jackknife settings of this metric, [jackknife_groups, key index] ="
+                f" {own.tolist()}, got {value.tolist() if isinstance(value, Tensor) else value!r}."
+            )
+        return value.to(device=self.reference_moments.device, copy=True)
+
+    def _check_group_moments(self, value: object, name: str) -> Tensor:
+        joint_dim = self.image_dim + self.text_dim
+        shape = (self.jackknife_groups, moments.packed_size(joint_dim))
+        if not isinstance(value, Tensor) or value.ndim != 2 or tuple(value.shape) != shape:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(f"`{name}` must be {shape[0]} packed moments states, shape {shape}, got {got}.")
+        rows = [check_packed_moments(row, f"{name}[{index}]", joint_dim) for index, row in enumerate(value)]
+        return torch.stack(rows).to(device=self.reference_moments.device, dtype=torch.float64)
 
     def _check_format(self, value: object, name: str) -> Tensor:
         return check_state_format(value, name, self.state_format)
@@ -294,11 +358,11 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """Add checked rows of ``group`` to its staging area, or straight to its statistics when they fill it."""
         rows = images.shape[0]
         if rows >= self.buffer_rows:
-            self._flush_staged()
+            self._flush_group(group)
             self._accumulate(group, moments.joint_rows(images, texts, self.reference_moments.device))
             return
         if self._staged_rows[group] + rows > self.buffer_rows:
-            self._flush_staged()
+            self._flush_group(group)
         area = self._staging_area(group)
         start, stop = self._staged_rows[group], self._staged_rows[group] + rows
         area[start:stop, : self.image_dim].copy_(images)  # the cast to float64 happens in the copy
@@ -307,13 +371,38 @@ class MutualInformationDivergence(PairedFeatureMetric):
         if group == _GROUPS[0]:
             self._reference_revision += 1
         if stop == self.buffer_rows and not (self._texts_shared and group == _GROUPS[0]):
-            self._flush_staged()  # (update_pairs stages the candidates next and flushes both together)
+            self._flush_group(group)  # (update_pairs stages the candidates next and flushes both together)
+
+    def _flush_group(self, group: str) -> None:
+        """Flush one group's staged rows (both groups while the texts are shared).
+
+        Each group is flushed at its own row boundaries, so two ``update`` calls per step stage and flush exactly
+        as ``update_pairs`` does, and give bitwise the same statistics.
+        """
+        if self._texts_shared:
+            self._flush_staged()
+        elif self._staged_rows[group] > 0:
+            self._accumulate(group, self._staged[group][: self._staged_rows[group]])  # type: ignore[index]
+            self._clear_staged((group,))
 
     def _accumulate(self, group: str, rows: Tensor) -> None:
         self._batches_seen[group] += 1
         moments.accumulate_batch_(self._state_for_update(group), rows, self._batches_seen[group], self.image_dim)
+        self._accumulate_groups(group, rows)
         if group == _GROUPS[0]:
             self._reference_revision += 1
+
+    def _accumulate_groups(self, group: str, rows: Tensor) -> None:
+        """Add rows to the jackknife sub-states of ``group`` (one host sync on CUDA), when there are any."""
+        if not self.uses_jackknife:
+            return
+        name = f"{group}_group_moments"
+        grouped = getattr(self, name)
+        if grouped.is_inference() and not torch.is_inference_mode_enabled():
+            grouped = grouped.clone()  # as in _state_for_update
+            setattr(self, name, grouped)
+        labels = jackknife.row_groups(rows, self.image_dim, self.jackknife_groups, self.jackknife_key)
+        jackknife.accumulate_groups_(grouped, rows, labels, self._group_batches_seen[group])
 
     def _accumulate_pairs(self, reference_rows: Tensor, candidate_rows: Tensor) -> None:
         """Add rows to both groups while the candidates' texts are the reference's (see :meth:`update_pairs`)."""
@@ -322,6 +411,8 @@ class MutualInformationDivergence(PairedFeatureMetric):
             self._batches_seen[group] += 1
         number = self._batches_seen[_GROUPS[0]]
         moments.accumulate_pairs_(reference, candidate, reference_rows, candidate_rows, number, self.image_dim)
+        self._accumulate_groups(_GROUPS[0], reference_rows)
+        self._accumulate_groups(_GROUPS[1], candidate_rows)
         self._reference_revision += 1
 
     def _flush_staged(self) -> None:
@@ -368,8 +459,13 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """
         self._check_device()
         reference = self._fitted_reference()
-        precisions = self._reference_fit.precisions()  # kept with the fit: later candidate sets need no solve
-        result = divergence_from_moments(reference, self.candidate_moments, self.bias_correction, precisions)
+        if self.uses_jackknife:
+            result = jackknife.jackknife_divergence(
+                self.reference_group_moments, self.candidate_group_moments, self.image_dim, level=None
+            )
+        else:
+            precisions = self._reference_fit.precisions()  # kept with the fit: later candidate sets need no solve
+            result = divergence_from_moments(reference, self.candidate_moments, self.bias_correction, precisions)
         self._last = (result, reference, self.candidate_moments.clone())  # the synced states this came from
         return result.mid
 
@@ -421,7 +517,13 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """
         result = self.compute_result()
         _, reference, candidates = self._last  # type: ignore[misc]
+        if self.uses_jackknife:
+            return _with_jackknife_interval(result, self._jackknife_degrees_of_freedom(), level)
         return uncertainty.with_confidence_interval(result, reference, candidates, level)
+
+    def _jackknife_degrees_of_freedom(self) -> int:
+        """``G - 1``, with ``G`` the number of jackknife groups that hold reference pairs (this process's)."""
+        return int((self.reference_group_moments[:, 0] > 0).sum()) - 1
 
     @property
     def num_pairs(self) -> dict[str, int]:
@@ -502,7 +604,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
                 reference: Optional[GaussianReference] = self._fitted_reference()
             except ValueError:
                 reference = None
-            rows = reference.count if reference is not None else self._loaded.count + int(self.reference_moments[0])
+            rows = reference.count if reference is not None else self.num_pairs[_GROUPS[0]]
             schedule.record(reference, rows)
         if schedule.reference is None or schedule.matrices is None:
             return None
@@ -518,10 +620,15 @@ class MutualInformationDivergence(PairedFeatureMetric):
             self._flush_staged()  # the kept reference includes its staged rows
         self._clear_staged()
         kept = None if self.reset_real_features else self.reference_moments
+        kept_groups = getattr(self, "reference_group_moments", None)
         super().reset()
         self._batches_seen["candidate"] = 0
+        self._group_batches_seen["candidate"] = [0] * self.jackknife_groups
+        if kept is not None and kept_groups is not None:
+            self.reference_group_moments = kept_groups
         if kept is None:
             self._batches_seen["reference"] = 0
+            self._group_batches_seen["reference"] = [0] * self.jackknife_groups
             self._loaded.clear()
             self._reference_fit.clear()
             self._batch_scoring.clear()
@@ -574,9 +681,10 @@ class MutualInformationDivergence(PairedFeatureMetric):
         if loaded is not None:
             loaded = self._check_moments(loaded, prefix + _LOADED_REFERENCE_KEY)
         defaults = {"state_format": self.state_format.clone()}  # a 0.1 checkpoint
-        checked = self._load_checked_states(
-            state_dict, prefix, ("reference_moments", "candidate_moments"), missing_keys, defaults
-        )
+        required = ("reference_moments", "candidate_moments")
+        if self.uses_jackknife:
+            required += ("jackknife_settings", "reference_group_moments", "candidate_group_moments")
+        checked = self._load_checked_states(state_dict, prefix, required, missing_keys, defaults)
         if checked is None:
             return
         extra = state_dict.get(prefix + "_extra_state")
@@ -600,7 +708,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
         counts_valid = isinstance(state, dict) and all(
             type(state[group]) is int and state[group] >= 0 for group in _GROUPS if group in state
         )
-        if not counts_valid or set(state) - {*_GROUPS, _STAGED_KEY, _SHARED_KEY}:
+        if not counts_valid or set(state) - {*_GROUPS, _STAGED_KEY, _SHARED_KEY, _GROUP_BATCHES_KEY}:
             raise ValueError(
                 "The extra state of MutualInformationDivergence maps 'reference' and 'candidate' to batch counts"
                 f" (whole numbers >= 0), with optional '{_STAGED_KEY}' rows and a '{_SHARED_KEY}' flag, got"
@@ -608,12 +716,30 @@ class MutualInformationDivergence(PairedFeatureMetric):
             )
         if not isinstance(state.get(_SHARED_KEY, False), bool):
             raise ValueError(f"The extra state's '{_SHARED_KEY}' must be a bool, got {state[_SHARED_KEY]!r}.")
+        group_batches = state.get(_GROUP_BATCHES_KEY, {})
+        groups_valid = isinstance(group_batches, dict) and not set(group_batches) - set(_GROUPS)
+        groups_valid = groups_valid and all(
+            isinstance(counts, list)
+            and len(counts) == self.jackknife_groups
+            and all(type(count) is int and count >= 0 for count in counts)
+            for counts in group_batches.values()
+        )
+        if not groups_valid:
+            raise ValueError(
+                f"The extra state's '{_GROUP_BATCHES_KEY}' maps 'reference'/'candidate' to {self.jackknife_groups}"
+                f" batch counts (whole numbers >= 0), got {_describe(group_batches)}."
+            )
         staged = state.get(_STAGED_KEY, {})
         if not isinstance(staged, dict) or set(staged) - set(_GROUPS):
-            raise ValueError(f"The extra state's '{_STAGED_KEY}' maps 'reference'/'candidate' to rows, got {staged!r}.")
+            raise ValueError(
+                f"The extra state's '{_STAGED_KEY}' maps 'reference'/'candidate' to rows, got {_describe(staged)}."
+            )
         for group, rows in staged.items():
             name = f"the extra state's staged {group} rows"
-            rows = check_features(rows, name, self.image_dim + self.text_dim)
+            try:
+                rows = check_features(rows, name, self.image_dim + self.text_dim)
+            except TypeError as error:  # an invalid checkpoint is a ValueError, like any other invalid state
+                raise ValueError(str(error)) from None
             if rows.dtype != torch.float64:
                 raise ValueError(f"{name} must be float64, got {rows.dtype}.")
 
@@ -631,7 +757,10 @@ class MutualInformationDivergence(PairedFeatureMetric):
             for group, count in self._staged_rows.items()
             if count > 0
         }
-        return {**self._batches_seen, _STAGED_KEY: staged, _SHARED_KEY: self._texts_shared}
+        state = {**self._batches_seen, _STAGED_KEY: staged, _SHARED_KEY: self._texts_shared}
+        if self.uses_jackknife:
+            state[_GROUP_BATCHES_KEY] = {group: list(counts) for group, counts in self._group_batches_seen.items()}
+        return state
 
     def set_extra_state(self, state: Any) -> None:
         """Restore the host state saved by :meth:`get_extra_state` (``load_state_dict`` calls this).
@@ -644,6 +773,8 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """
         self._check_extra_state(state)
         self._batches_seen.update({group: state[group] for group in _GROUPS if group in state})
+        for group, counts in state.get(_GROUP_BATCHES_KEY, {}).items():
+            self._group_batches_seen[group] = list(counts)
         self._clear_staged()
         for group, rows in state.get(_STAGED_KEY, {}).items():
             if rows.shape[0] >= self.buffer_rows:  # saved by a metric with a larger buffer
@@ -722,6 +853,11 @@ class MutualInformationDivergence(PairedFeatureMetric):
     # --------------------------------------------------------------------------- reference files
     def _adopt_reference(self, packed: Tensor, metadata: dict[str, Any], path: PathLike, check: bool) -> None:
         """Check loaded reference statistics against this metric, then add them (nothing changes on error)."""
+        if self.uses_jackknife:
+            raise ValueError(
+                f"{os.fspath(path)!r}: `bias_correction='jackknife'` cannot use a reference statistics file, which"
+                " holds no jackknife groups; pass the reference pairs to `update(..., real=True)` instead."
+            )
         check_reference_file(metadata, path, (self.image_dim, self.text_dim), self.feature_extractor_name, check)
         self._loaded.add(packed)
         self._batch_scoring.clear()
