@@ -216,6 +216,15 @@ def _squared_norms_of_solve(chol: Tensor, factor: Tensor, split: int) -> tuple[T
     return total, leading
 
 
+def _frobenius_product(first: Tensor, second: Tensor) -> Tensor:
+    """``sum(first * second)`` row block by row block, without a temporary of the matrices' size."""
+    total = first.new_zeros(())
+    for start in range(0, first.shape[0], 256):
+        rows = slice(start, start + 256)
+        total = total + torch.vdot(first[rows].reshape(-1), second[rows].reshape(-1))
+    return total
+
+
 def reference_precisions(reference: GaussianReference) -> ReferencePrecisions:
     """Return the precision matrices ``S_x^-1``, ``S_y^-1`` and ``S_z^-1`` of a fitted reference.
 
@@ -266,9 +275,9 @@ def block_traces(
     image_dim = reference.image_dim
     if precisions is not None:
         return BlockTraces(
-            torch.mul(precisions.image, scatter[:image_dim, :image_dim]).sum(),
-            torch.mul(precisions.text, scatter[image_dim:, image_dim:]).sum(),
-            torch.mul(precisions.joint, scatter).sum(),
+            _frobenius_product(precisions.image, scatter[:image_dim, :image_dim]),
+            _frobenius_product(precisions.text, scatter[image_dim:, image_dim:]),
+            _frobenius_product(precisions.joint, scatter),
         )
     chol_joint, info_joint = torch.linalg.cholesky_ex(scatter)
     if int(info_joint) == 0:

@@ -41,6 +41,9 @@ from mid_metric.result import MIDResult
 from mid_metric.sync import sync_state
 
 _LOADED_REFERENCE_KEY = "loaded_reference_moments"
+# Default staging buffer: rows per group (GEMMs over fewer rows are memory-bound on the J x J state), and the rows
+# per jackknife group that a flush should carry with bias_correction="jackknife".
+_BUFFER_ROWS, _JACKKNIFE_ROWS_PER_GROUP = 1024, 256
 _STAGED_KEY, _SHARED_KEY, _GROUP_BATCHES_KEY = "staged", "texts_shared", "group_batches"
 _GROUPS = ("reference", "candidate")
 
@@ -104,6 +107,8 @@ class MutualInformationDivergence(PairedFeatureMetric):
             turns the buffer off. It is flushed before anything reads the statistics (``compute``, ``pmi``, the DDP
             sync, ``state_dict``, ``metric_state``, ``merge_state``, ``save_reference``), never holds more rows
             than this, and costs ``16 * buffer_rows * (Dx + Dy)`` bytes (25 MB at 1024 rows for ViT-L/14).
+            ``None`` means 1024, or ``256 * jackknife_groups`` with ``bias_correction="jackknife"``, whose flushes
+            are split among the groups.
         bias_correction: ``False`` (the default) is the paper's estimator, which published numbers use. ``True``
             computes the Gaussian bias-corrected MID (:mod:`mid_metric.wishart`), which estimates the same
             population value at any ``N`` when the features are Gaussian. ``"jackknife"`` adds a grouped jackknife
@@ -156,7 +161,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
         reference: Optional[PathLike] = None,
         check_feature_extractor: bool = True,
         bias_correction: Union[bool, str] = False,
-        buffer_rows: int = 1024,
+        buffer_rows: Optional[int] = None,
         jackknife_groups: int = jackknife.DEFAULT_GROUPS,
         jackknife_key: str = "text",
         **kwargs: Any,
@@ -170,9 +175,11 @@ class MutualInformationDivergence(PairedFeatureMetric):
         self.bias_correction = check_bias_correction(bias_correction, self.eps, allow_jackknife=True)
         self.jackknife_groups = jackknife.check_num_groups(jackknife_groups, "jackknife_groups")
         self.jackknife_key = jackknife.check_key(jackknife_key, "jackknife_key")
+        if buffer_rows is None:  # the jackknife splits each flush K ways: give every group about 256 rows
+            buffer_rows = _JACKKNIFE_ROWS_PER_GROUP * self.jackknife_groups if self.uses_jackknife else _BUFFER_ROWS
+        self.buffer_rows = check_positive_int(buffer_rows, "buffer_rows")
         self.reset_real_features = check_bool(reset_real_features, "reset_real_features")
         self.check_feature_extractor = check_bool(check_feature_extractor, "check_feature_extractor")
-        self.buffer_rows = check_positive_int(buffer_rows, "buffer_rows")
         joint_dim = self.image_dim + self.text_dim
         # [format version, image_dim, text_dim]: lets state_dict, merge_state and the DDP sync refuse statistics of
         # another feature split. Added first, so the sync compares it before it reduces any statistics.
