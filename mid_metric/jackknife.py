@@ -377,6 +377,9 @@ def _student_t_central(t: float, dof: int) -> float:
 def two_sided_t_quantile(level: float, dof: int) -> float:
     """Return ``t`` with ``P(|T| < t) = level`` for Student's t with ``dof`` degrees of freedom (bisection).
 
+    Raises:
+        ValueError: If ``level`` is not in ``(0, 1)`` or ``dof`` is not a positive int.
+
     Example:
         >>> round(two_sided_t_quantile(0.95, 9), 4)  # t_{0.975} with 9 degrees of freedom
         2.2622
@@ -385,6 +388,8 @@ def two_sided_t_quantile(level: float, dof: int) -> float:
     """
     if not 0.0 < level < 1.0:
         raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
+    if isinstance(dof, bool) or not isinstance(dof, int) or dof < 1:
+        raise ValueError(f"`dof` must be a positive int, got {dof!r}.")
     if dof > 2000:  # Cornish-Fisher to O(1/dof^2) is exact to 1e-9 here, and the series would be long
         z = float(torch.special.ndtri(torch.tensor((1.0 + level) / 2.0, dtype=torch.float64)))
         return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
