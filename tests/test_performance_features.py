@@ -754,7 +754,9 @@ def test_one_fit_scores_several_candidate_sets():
         _close(value, ref_mid(x, y, cx, cy))
         _close(value, F.mutual_information_divergence(x, y, cx, cy).item(), rel=1e-10)
     assert fits[0] is not None and all(fit is fits[0] for fit in fits)
-    assert precisions[0] is not None and all(p is precisions[0] for p in precisions)
+    # The first candidate set takes its traces from solves; the precision matrices are computed for the second
+    # and kept for every later one.
+    assert precisions[0] is None and precisions[1] is not None and precisions[2] is precisions[1]
     # A real update changes the fit.
     xe, ye = _pairs(20, seed=51)
     metric.update(xe, ye, real=True)

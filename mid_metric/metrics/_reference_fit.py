@@ -42,6 +42,7 @@ class ReferenceFit:
         self._snapshot: Optional[Tensor] = None
         self._reference: Optional[GaussianReference] = None
         self._precisions: Optional[ReferencePrecisions] = None
+        self._uses = 0
 
     def clear(self) -> None:
         """Forget the fit (the statistics it came from changed)."""
@@ -87,8 +88,18 @@ class ReferenceFit:
             return self._reference
         reference = reference_from_moments(packed, image_dim, eps)
         self._key, self._snapshot = key, packed.detach().clone()
-        self._reference, self._precisions = reference, None
+        self._reference, self._precisions, self._uses = reference, None, 0
         return reference
+
+    def precisions_when_reused(self) -> Optional[ReferencePrecisions]:
+        """The precision matrices from the second call on for the current fit; ``None`` on the first call.
+
+        ``compute()`` calls this once per candidate set. The matrices cost about 2 factorisations and pay off only
+        from the second candidate set on, so the first ``compute()`` against a new reference takes its traces from
+        triangular solves instead.
+        """
+        self._uses += 1
+        return self.precisions() if self._uses > 1 else None
 
     def precisions(self) -> ReferencePrecisions:
         """Return the precision matrices of the current fit, computing them once.

@@ -471,7 +471,8 @@ class MutualInformationDivergence(PairedFeatureMetric):
                 self.reference_group_moments, self.candidate_group_moments, self.image_dim, level=None
             )
         else:
-            precisions = self._reference_fit.precisions()  # kept with the fit: later candidate sets need no solve
+            # Kept with the fit from its second use on: later candidate sets then need no factorisation or solve.
+            precisions = self._reference_fit.precisions_when_reused()
             result = divergence_from_moments(reference, self.candidate_moments, self.bias_correction, precisions)
         self._last = (result, reference, self.candidate_moments.clone())  # the synced states this came from
         return result.mid
