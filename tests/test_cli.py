@@ -1140,3 +1140,32 @@ def test_score_without_mid_and_bad_metric_names(tmp_path, capsys):
         cli.main([*base, "--metrics", "mid,fid"])
     assert exit_info.value.code == 2
     assert "expected a comma-separated list of mid, clip-score, r-precision, infonce" in capsys.readouterr().err
+
+
+def test_bias_correction_jackknife_with_reference_pairs(tmp_path, capsys):
+    from mid_metric import jackknife, moments
+
+    real, cands, x, y, xc, yc = gaussian_features(tmp_path)
+    argv = ["score", str(cands), "--reference-pairs", str(real), "--json", "-q"]
+    assert cli.main([*argv, "--bias-correction", "jackknife"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    groups = [jackknife.group_moments(moments.joint_rows(a, b), 3, 10) for a, b in ((x, y), (xc, yc))]
+    expected = jackknife.jackknife_divergence(*groups, image_dim=3)  # the grouped jackknife, K = 10, caption key
+    assert report["estimator"] == "jackknife" and report["bias_corrected"] is True
+    assert close(report["mid"], expected.mid.item(), 1e-9)
+    assert close(report["ci_low"], expected.ci_low.item(), 1e-9) and close(
+        report["ci_high"], expected.ci_high.item(), 1e-9
+    )
+    # The flag alone is the Gaussian correction, as before.
+    assert cli.main([*argv, "--bias-correction"]) == 0
+    gaussian = json.loads(capsys.readouterr().out)
+    assert gaussian["estimator"] == "gaussian"
+    assert close(gaussian["mid"], mutual_information_divergence(x, y, xc, yc, bias_correction=True).item(), 1e-9)
+
+
+def test_bias_correction_jackknife_refuses_a_reference_file(tmp_path, capsys):
+    real, cands, x, y, xc, yc = gaussian_features(tmp_path)
+    reference = tmp_path / "ref.safetensors"
+    assert cli.main(["reference", str(real), "-o", str(reference), "-q"]) == 0
+    err = fail(["score", str(cands), "--reference", str(reference), "--bias-correction", "jackknife"], capsys)
+    assert "jackknife" in err and "reference statistics file" in err

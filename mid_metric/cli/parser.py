@@ -284,9 +284,14 @@ def _add_score_command(commands: Any) -> None:
     )
     score.add_argument(
         "--bias-correction",
-        action="store_true",
-        help="use the bias-corrected estimator, whose value does not drift with the number of samples (see the"
-        " README); published MID numbers use the paper's uncorrected estimator, the default. Needs --eps 0",
+        nargs="?",
+        const="gaussian",
+        choices=("gaussian", "jackknife"),
+        default=None,
+        help="use a bias-corrected estimator, whose value does not drift with the number of samples (see the"
+        " README): 'gaussian' (the default of the flag) or 'jackknife' (also for non-Gaussian features; needs"
+        " --reference-pairs, since reference files hold no jackknife groups). Published MID numbers use the"
+        " paper's uncorrected estimator, the default. Needs --eps 0",
     )
     score.add_argument(
         "--json",

@@ -7,7 +7,7 @@ import csv
 import dataclasses
 import json
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
@@ -38,6 +38,11 @@ from mid_metric.io.pairs import (
 
 #: How far the root-mean-square norm of features may be from 1 for them to count as L2-normalised.
 NORM_TOLERANCE = 1e-3
+
+
+def _estimator(choice: Optional[str]) -> Union[bool, str]:
+    """The metric's ``bias_correction`` for ``--bias-correction`` (absent, ``gaussian`` or ``jackknife``)."""
+    return {None: False, "gaussian": True, "jackknife": "jackknife"}[choice]
 
 
 def _scalar(value: Any) -> Any:
@@ -119,8 +124,9 @@ def _format_mid(report: dict[str, Any]) -> list[str]:
         lines.append(f"  {label}: [{report['ci_low']:.6f}, {report['ci_high']:.6f}]")
     elif report.get("standard_error") is not None:
         lines.append(f"  standard error: {report['standard_error']:.6f}")
+    kind = "jackknife " if report.get("estimator") == "jackknife" else ""
     estimator = (
-        "bias-corrected estimator (--bias-correction; not comparable with published MID)"
+        f"bias-corrected {kind}estimator (--bias-correction; not comparable with published MID)"
         if corrected
         else "the paper's estimator (not bias-corrected)"
     )
@@ -195,7 +201,7 @@ def run_score(args: argparse.Namespace) -> int:
     requested = recorded_identity(args.model)
 
     if args.reference is not None:
-        metric, metadata = load_reference(args.reference, args.eps, args.bias_correction)
+        metric, metadata = load_reference(args.reference, args.eps, _estimator(args.bias_correction))
         image_dim, text_dim, eps = metric.image_dim, metric.text_dim, metric.eps
         recorded = metadata["feature_extractor"]
         if requested and recorded and not args.no_check_feature_extractor:
@@ -258,7 +264,7 @@ def run_score(args: argparse.Namespace) -> int:
         image_dim, text_dim = reference.images.shape[1], reference.texts.shape[1]
         check_reference_count(len(reference), image_dim, text_dim, eps, str(reference.source))
         num_reference = len(reference)
-        metric = new_metric(image_dim, text_dim, eps, args.bias_correction)
+        metric = new_metric(image_dim, text_dim, eps, _estimator(args.bias_correction))
         metric.update(reference.images, reference.texts, real=True)
         reference_norms = (_rms_norm(reference.images), _rms_norm(reference.texts))
         _check_model_sizes(session, candidates_source, (image_dim, text_dim), reference_label)
@@ -290,6 +296,7 @@ def run_score(args: argparse.Namespace) -> int:
             "image_dim": image_dim,
             "text_dim": text_dim,
             "eps": eps,
+            "estimator": {None: "paper", "gaussian": "gaussian", "jackknife": "jackknife"}[args.bias_correction],
             "candidates": str(args.pairs),
             "reference": str(reference_label),
             "version": __version__,

@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -279,7 +279,9 @@ def check_reference_file(path: str) -> None:
         raise CommandError(f"Reference file {path!r} does not exist.")
 
 
-def load_reference(path: str, eps: Optional[float], bias_correction: bool = False) -> tuple[Any, dict[str, Any]]:
+def load_reference(
+    path: str, eps: Optional[float], bias_correction: Union[bool, str] = False
+) -> tuple[Any, dict[str, Any]]:
     """Return a metric holding the reference of ``path``, and the file's metadata."""
     from mid_metric.io.reference_files import load_reference_statistics
     from mid_metric.metrics import MutualInformationDivergence
@@ -331,7 +333,7 @@ def refuse_overwriting_inputs(outputs: dict[str, Optional[str]], inputs: Sequenc
 
 
 # --------------------------------------------------------------------------------------------- commands
-def new_metric(image_dim: int, text_dim: int, eps: float, bias_correction: bool = False) -> Any:
+def new_metric(image_dim: int, text_dim: int, eps: float, bias_correction: Union[bool, str] = False) -> Any:
     """A metric for features of these sizes (imported here, so that ``--help`` stays fast)."""
     from mid_metric.metrics import MutualInformationDivergence
 
