@@ -317,6 +317,25 @@ is too ill-conditioned, for float64. Set `eps` > 0 or check the features' scale.
     return value
 
 
+def check_level(level: object, allow_none: bool = False) -> None:
+    """Check a confidence level: a number in ``(0, 1)`` (or ``None`` where ``allow_none``).
+
+    Raises:
+        ValueError: If it is not.
+
+    Example:
+        >>> check_level(1.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `level` must be a number in (0, 1), got 1.5.
+    """
+    if allow_none and level is None:
+        return
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
+        expected = "a number in (0, 1) or None" if allow_none else "a number in (0, 1)"
+        raise ValueError(f"`level` must be {expected}, got {level!r}.")
+
+
 def check_bool(value: object, name: str) -> bool:
     """Check that ``value`` is a bool and return it.
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from mid_metric import moments, wishart
-from mid_metric._checks import check_finite_result
+from mid_metric._checks import check_finite_result, check_level
 from mid_metric.gaussian import block_traces, candidate_scatter, reference_from_moments
 from mid_metric.result import MIDResult
 
@@ -440,7 +440,7 @@ class JackknifeEstimates(NamedTuple):
         Raises:
             ValueError: If ``level`` is not in ``(0, 1)`` or ``None``, or the result is not finite.
         """
-        _check_level(level)
+        check_level(level, allow_none=True)
         values, errors = self.combined()
         mid = check_finite_result(values[0], "MID")
         standard_error = check_finite_result(errors[0], "The standard error")
@@ -460,13 +460,6 @@ class JackknifeEstimates(NamedTuple):
             ci_high=ci_high,
             ci_level=None if level is None else float(level),
         )
-
-
-def _check_level(level: object) -> None:
-    if level is not None and (
-        isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0
-    ):
-        raise ValueError(f"`level` must be a number in (0, 1) or None, got {level!r}.")
 
 
 _SHARED_NAMES = {"text": "texts", "image": "images", "both": "pairs"}
@@ -648,7 +641,7 @@ def jackknife_divergence(
         >>> bool(result.ci_low < result.mid < result.ci_high), result.num_reference
         (True, 400)
     """
-    _check_level(level)
+    check_level(level, allow_none=True)
     return jackknife_estimates(reference_groups, candidate_groups, image_dim).result(level)
 
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from mid_metric import moments
-from mid_metric._checks import check_candidate_count, check_finite_result, check_reference_count
+from mid_metric._checks import check_candidate_count, check_finite_result, check_level, check_reference_count
 from mid_metric.gaussian import GaussianReference
 from mid_metric.result import MIDResult
 
@@ -152,8 +152,7 @@ def with_confidence_interval(
         >>> bool(r.ci_low < r.mid < r.ci_high), r.ci_level
         (True, 0.95)
     """
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
-        raise ValueError(f"`level` must be a number in (0, 1), got {level!r}.")
+    check_level(level)
     se = check_finite_result(
         standard_error(reference, candidate_packed, result.bias_corrected, include_reference), "The standard error"
     )

@@ -430,3 +430,20 @@ def test_metric_tester_in_process(name):
 @pytest.mark.slow
 def test_metric_tester_ddp():
     check_ddp(*_cases().values())
+
+
+def test_jackknife_interval_is_the_functional_one_and_level_is_checked():
+    x, y, x0, y0 = well_conditioned_pairs(500, DX, DY, seed=2) + well_conditioned_pairs(200, DX, DY, seed=3)
+    metric = MutualInformationDivergence(feature=(DX, DY), bias_correction="jackknife", jackknife_groups=5)
+    metric.update(x, y, real=True)
+    metric.update(x0, y0, real=False)
+    groups = [jackknife.group_moments(moments.joint_rows(a, b), DX, 5) for a, b in ((x, y), (x0, y0))]
+    for level in (0.9, 0.95):
+        expected = jackknife.jackknife_divergence(*groups, image_dim=DX, level=level)
+        got = metric.compute_with_ci(level)
+        assert got.ci_level == level
+        for name in ("mid", "standard_error", "ci_low", "ci_high"):
+            assert_rel(getattr(got, name), getattr(expected, name))
+    for level in (None, 1.0, True):
+        with pytest.raises(ValueError, match="`level` must be a number in \\(0, 1\\), got"):
+            metric.compute_with_ci(level)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from mid_metric._checks import (
     check_eps,
     check_features,
     check_finite_result,
+    check_level,
     check_packed_moments,
     check_positive_int,
     check_same_batch,
@@ -55,18 +55,6 @@ def _describe(value: object) -> str:
     if isinstance(value, Tensor):
         return f"a tensor of shape {tuple(value.shape)}"
     return repr(value)
-
-
-def _with_jackknife_interval(result: MIDResult, degrees_of_freedom: int, level: float) -> MIDResult:
-    """``result`` (with its jackknife standard error) and the interval ``mid +/- t * se``, ``t`` Student's quantile."""
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.0 < float(level) < 1.0:
-        raise ValueError(f"`level` must be a number in (0, 1), got {level!r}.")
-    if result.standard_error is None:  # pragma: no cover - jackknife results always carry one
-        raise RuntimeError("a jackknife result without a standard error")
-    half_width = jackknife.two_sided_t_quantile(float(level), degrees_of_freedom) * result.standard_error
-    return dataclasses.replace(
-        result, ci_low=result.mid - half_width, ci_high=result.mid + half_width, ci_level=float(level)
-    )
 
 
 class MutualInformationDivergence(PairedFeatureMetric):
@@ -213,7 +201,8 @@ class MutualInformationDivergence(PairedFeatureMetric):
         self._reference_revision = 0  # bumped whenever reference rows are added (the key of the fitted reference)
         self._reference_fit = ReferenceFit()
         self._batch_scoring = RefitSchedule()
-        self._last: Optional[tuple[MIDResult, GaussianReference, Tensor]] = None
+        # (the third item: the candidates' moments, or the jackknife's estimates, which give its interval)
+        self._last: Optional[tuple[MIDResult, GaussianReference, Union[Tensor, jackknife.JackknifeEstimates]]] = None
         self._loaded = LoadedReference(joint_dim)
         if reference is not None:
             self.load_reference(reference)
@@ -341,14 +330,20 @@ class MutualInformationDivergence(PairedFeatureMetric):
         self._batch_scoring.add_reference_rows(rows)
 
     # ------------------------------------------------------------------------------ staged rows
+    def _updatable(self, name: str) -> Tensor:
+        """The state or staging area ``name``, as a tensor that can be updated in place in the current mode.
+
+        A reset() under torch.inference_mode() (as in Lightning's validation) makes inference tensors, which cannot
+        be updated in place outside that mode; they are replaced by an ordinary copy.
+        """
+        tensor = getattr(self, name)
+        if tensor.is_inference() and not torch.is_inference_mode_enabled():
+            tensor = tensor.clone()
+            setattr(self, name, tensor)
+        return tensor
+
     def _state_for_update(self, group: str) -> Tensor:
-        state = getattr(self, f"{group}_moments")
-        if state.is_inference() and not torch.is_inference_mode_enabled():
-            # A reset() under torch.inference_mode() (as in Lightning's validation) made inference tensors, which
-            # cannot be updated in place outside that mode; continue on an ordinary copy.
-            state = state.clone()
-            setattr(self, f"{group}_moments", state)
-        return state
+        return self._updatable(f"{group}_moments")
 
     def _staging_area(self, group: str) -> Tensor:
         area = self._staged[group]
@@ -357,7 +352,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
             area = torch.empty(self.buffer_rows, self.image_dim + self.text_dim, dtype=torch.float64, device=device)
             self._staged[group] = area
         elif area.is_inference() and not torch.is_inference_mode_enabled():
-            area = area.clone()  # as in _state_for_update
+            area = area.clone()  # as in _updatable (the areas live in a dict, not in attributes)
             self._staged[group] = area
         return area
 
@@ -388,8 +383,14 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """
         if self._texts_shared:
             self._flush_staged()
-        elif self._staged_rows[group] > 0:
-            self._accumulate(group, self._staged[group][: self._staged_rows[group]])  # type: ignore[index]
+        else:
+            self._flush_rows_of(group)
+
+    def _flush_rows_of(self, group: str) -> None:
+        """Accumulate ``group``'s staged rows on their own (not in the shared-texts mode) and empty its area."""
+        count = self._staged_rows[group]
+        if count > 0:
+            self._accumulate(group, self._staged[group][:count])  # type: ignore[index]
             self._clear_staged((group,))
 
     def _accumulate(self, group: str, rows: Tensor) -> None:
@@ -403,11 +404,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """Add rows to the jackknife sub-states of ``group`` (one host sync on CUDA), when there are any."""
         if not self.uses_jackknife:
             return
-        name = f"{group}_group_moments"
-        grouped = getattr(self, name)
-        if grouped.is_inference() and not torch.is_inference_mode_enabled():
-            grouped = grouped.clone()  # as in _state_for_update
-            setattr(self, name, grouped)
+        grouped = self._updatable(f"{group}_group_moments")
         labels = jackknife.row_groups(rows, self.image_dim, self.jackknife_groups, self.jackknife_key)
         jackknife.accumulate_groups_(grouped, rows, labels, self._group_batches_seen[group])
 
@@ -427,11 +424,10 @@ class MutualInformationDivergence(PairedFeatureMetric):
         counts = [self._staged_rows[group] for group in _GROUPS]
         if self._texts_shared and counts[0] == counts[1] and counts[0] > 0:
             self._accumulate_pairs(*(self._staged[group][: counts[0]] for group in _GROUPS))  # type: ignore[index]
+            self._clear_staged()
         else:
-            for group, count in zip(_GROUPS, counts):
-                if count > 0:
-                    self._accumulate(group, self._staged[group][:count])  # type: ignore[index]
-        self._clear_staged()
+            for group in _GROUPS:
+                self._flush_rows_of(group)
 
     def _clear_staged(self, groups: Sequence[str] = _GROUPS) -> None:
         for group in groups:
@@ -467,13 +463,15 @@ class MutualInformationDivergence(PairedFeatureMetric):
         self._check_device()
         reference = self._fitted_reference()
         if self.uses_jackknife:
-            result = jackknife.jackknife_divergence(
-                self.reference_group_moments, self.candidate_group_moments, self.image_dim, level=None
+            estimates = jackknife.jackknife_estimates(
+                self.reference_group_moments, self.candidate_group_moments, self.image_dim
             )
-        else:
-            # Kept with the fit from its second use on: later candidate sets then need no factorisation or solve.
-            precisions = self._reference_fit.precisions_when_reused()
-            result = divergence_from_moments(reference, self.candidate_moments, self.bias_correction, precisions)
+            result = estimates.result(level=None)
+            self._last = (result, reference, estimates)  # compute_with_ci takes its interval from them
+            return result.mid
+        # Kept with the fit from its second use on: later candidate sets then need no factorisation or solve.
+        precisions = self._reference_fit.precisions_when_reused()
+        result = divergence_from_moments(reference, self.candidate_moments, self.bias_correction, precisions)
         self._last = (result, reference, self.candidate_moments.clone())  # the synced states this came from
         return result.mid
 
@@ -525,13 +523,10 @@ class MutualInformationDivergence(PairedFeatureMetric):
         """
         result = self.compute_result()
         _, reference, candidates = self._last  # type: ignore[misc]
-        if self.uses_jackknife:
-            return _with_jackknife_interval(result, self._jackknife_degrees_of_freedom(), level)
+        if isinstance(candidates, jackknife.JackknifeEstimates):
+            check_level(level)  # (the estimates also take None, for no interval)
+            return candidates.result(level)
         return uncertainty.with_confidence_interval(result, reference, candidates, level)
-
-    def _jackknife_degrees_of_freedom(self) -> int:
-        """``G - 1``, with ``G`` the number of jackknife groups that hold reference pairs (this process's)."""
-        return int((self.reference_group_moments[:, 0] > 0).sum()) - 1
 
     @property
     def num_pairs(self) -> dict[str, int]:
