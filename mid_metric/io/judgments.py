@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from mid_metric.io.jsonl import json_objects
+
 __all__ = ["JudgmentsError", "Table", "JoinedTable", "read_table", "join_on_key", "MAX_KEYS_SHOWN"]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -109,19 +111,10 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any],
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
-    with open(path, encoding="utf-8-sig") as handle:
-        columns: list[str] = []
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise JudgmentsError(f"{path}, line {line_number}: not valid JSON ({err.msg}).") from None
-            if not isinstance(record, dict):
-                raise JudgmentsError(f"{path}, line {line_number}: each line must be a JSON object.")
-            columns = columns or list(record)
-            yield line_number, record, columns
+    columns: list[str] = []
+    for line_number, record in json_objects(path, JudgmentsError):
+        columns = columns or list(record)
+        yield line_number, record, columns
 
 
 def read_table(path: PathLike, what: str = "Table") -> Table:
@@ -209,14 +202,19 @@ def _number(value: Any) -> float:
     raise ValueError(value)
 
 
-def _score(table: Table, line: int, record: dict[str, Any], column: str) -> float:
+def _numeric_cell(table: Table, line: int, record: dict[str, Any], column: str, what: str) -> tuple[float, Any]:
+    """The cell of ``column`` as a number (NaN for an empty one), and the cell as read."""
     value = _cell(table, line, record, column)
     try:
-        number = _number(value)
+        return _number(value), value
     except ValueError:
         raise JudgmentsError(
-            f"{table.source}, line {line}: the score in column {column!r} is not a number: {value!r}."
+            f"{table.source}, line {line}: the {what} in column {column!r} is not a number: {value!r}."
         ) from None
+
+
+def _score(table: Table, line: int, record: dict[str, Any], column: str) -> float:
+    number, value = _numeric_cell(table, line, record, column, "score")
     if not math.isfinite(number):
         raise JudgmentsError(
             f"{table.source}, line {line}: the score in column {column!r} is not a finite number: {value!r}."
@@ -225,13 +223,7 @@ def _score(table: Table, line: int, record: dict[str, Any], column: str) -> floa
 
 
 def _rating(table: Table, line: int, record: dict[str, Any], column: str) -> float:
-    value = _cell(table, line, record, column)
-    try:
-        number = _number(value)
-    except ValueError:
-        raise JudgmentsError(
-            f"{table.source}, line {line}: the rating in column {column!r} is not a number: {value!r}."
-        ) from None
+    number, _ = _numeric_cell(table, line, record, column, "rating")  # NaN: no rating, skipped by the caller
     if math.isinf(number):
         raise JudgmentsError(f"{table.source}, line {line}: the rating in column {column!r} is infinite.")
     return number

@@ -16,7 +16,6 @@ Nothing here imports PIL, transformers or numpy at module import time.
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from typing import Any, Union
 
 import torch
 from torch import Tensor
+
+from mid_metric.io.jsonl import json_objects
 
 __all__ = [
     "PairsError",
@@ -133,19 +134,8 @@ def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
                 for number, record in enumerate(reader, start=1):
                     yield number, record, columns
         elif suffix in _JSONL_SUFFIXES:
-            with open(path, encoding="utf-8-sig") as handle:
-                number = 0
-                for line_number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    number += 1
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise PairsError(f"{path}, line {line_number}: not valid JSON ({err.msg}).") from None
-                    if not isinstance(record, dict):
-                        raise PairsError(f"{path}, line {line_number}: each line must be a JSON object.")
-                    yield number, record, list(record)
+            for number, (_, record) in enumerate(json_objects(path, PairsError), start=1):
+                yield number, record, list(record)
         else:
             raise PairsError(
                 f"{path}: unsupported pairs file type {suffix or '(no suffix)'!r}; use .csv, .tsv, .jsonl or .ndjson"
