@@ -56,6 +56,12 @@ class GaussianModel:
         return self.cand_rho * texts + torch.sqrt(1 - self.cand_rho**2) * noise
 
 
+def _spread(values: list[float], largest_n: str) -> str:
+    """The range of ``values`` over N, absolute and as a share of the value at the largest N (the last one)."""
+    width = max(values) - min(values)
+    return f"{width:.3f} ({100 * width / abs(values[-1]):.1f}% of the N = {largest_n} value)"
+
+
 def packed(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return moments.from_features(torch.cat([x.to(F64), y.to(F64)], dim=1))
 
@@ -274,9 +280,7 @@ def markdown(gauss: list[dict], clip: list[dict], cov: dict, cov_n: int, seconds
         lines.append(f"| {r['n']} | {r['reps']} | {r['raw']:.3f} | {r['cor']:.3f} |")
 
     def spread(key: str) -> str:
-        values = [r[key] for r in clip]
-        width = max(values) - min(values)
-        return f"{width:.3f} ({100 * width / abs(values[-1]):.1f}% of the N = 40k value)"
+        return _spread([r[key] for r in clip], "40k")
 
     lines += [
         "",
@@ -655,9 +659,7 @@ def jackknife_markdown(parts: dict) -> str:
             )
 
         def spread(key: str) -> str:
-            values = [r[key] for r in clip]
-            width = max(values) - min(values)
-            return f"{width:.3f} ({100 * width / abs(values[-1]):.1f}% of the N = {clip[-1]['n']} value)"
+            return _spread([r[key] for r in clip], str(clip[-1]["n"]))
 
         lines += [
             "",
