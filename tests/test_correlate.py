@@ -23,6 +23,22 @@ scipy_stats = pytest.importorskip("scipy.stats")
 N = 40
 
 
+def correlate_args(scores, judgments, *extra):
+    """`correlate SCORES JUDGMENTS` on the key `key`, the score column `pmi` and the rating column `rating`."""
+    return [
+        "correlate",
+        str(scores),
+        str(judgments),
+        "--key",
+        "key",
+        "--score-column",
+        "pmi",
+        "--rating-column",
+        "rating",
+        *extra,
+    ]
+
+
 def write_csv(path: Path, columns: list[str], rows: list[list], delimiter: str = ",") -> Path:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter=delimiter)
@@ -279,34 +295,14 @@ def test_bad_tables_are_one_line_with_file_and_line(tables, tmp_path, capsys):
     fail([*base, "stars", "--key", "key"], capsys, "no column 'stars'", "--rating-column")
     duplicated = write_csv(tmp_path / "dup.csv", ["key", "pmi"], [["a", "1"], ["b", "2"], ["a", "3"]])
     fail(
-        [
-            "correlate",
-            str(duplicated),
-            str(tables["csv"]),
-            "--key",
-            "key",
-            "--score-column",
-            "pmi",
-            "--rating-column",
-            "rating",
-        ],
+        correlate_args(duplicated, tables["csv"]),
         capsys,
         f"{duplicated}, line 4",
         "'a' appears again (first on line 2)",
     )
     text = write_csv(tmp_path / "text.csv", ["key", "pmi"], [["a", "1"], ["b", "high"]])
     fail(
-        [
-            "correlate",
-            str(text),
-            str(tables["csv"]),
-            "--key",
-            "key",
-            "--score-column",
-            "pmi",
-            "--rating-column",
-            "rating",
-        ],
+        correlate_args(text, tables["csv"]),
         capsys,
         f"{text}, line 3",
         "not a number: 'high'",
@@ -328,17 +324,7 @@ def test_missing_scipy_is_one_line_with_the_install_hint(tables, capsys, monkeyp
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "scipy", None)  # `import scipy.stats` now raises ImportError
     fail(
-        [
-            "correlate",
-            str(tables["scores"]),
-            str(tables["csv"]),
-            "--key",
-            "key",
-            "--score-column",
-            "pmi",
-            "--rating-column",
-            "rating",
-        ],
+        correlate_args(tables["scores"], tables["csv"]),
         capsys,
         "needs scipy",
         'pip install ".[benchmark]"',
