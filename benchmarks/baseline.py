@@ -1,4 +1,8 @@
-"""Store-all MID baseline, written from the formula for the benchmarks (not used by the package).
+"""Store-all MID baselines, written for the benchmarks (not used by the package).
+
+Two of them: :class:`OfficialMID` repeats the official code's sequence of operations (naver-ai/mid.metric,
+``metrics/mid.py``) step for step, in our own code, and is what "against the official code" is measured with;
+:class:`StoreAllMID` is a leaner store-all algorithm (singular values only, no explicit products with inverses).
 
 It does what the paper's official estimator does, in our own code: ``update`` appends every feature batch to
 Python lists; ``compute`` concatenates them, casts to float64, builds each covariance two-pass (centre, then
@@ -39,7 +43,7 @@ def _scatter_about(features: Tensor, centre: Tensor) -> Tensor:
 
 
 class StoreAllMID:
-    """MID that stores every feature and computes everything at the end (the official code's approach)."""
+    """MID that stores every feature and computes everything at the end (the official code's approach, leaner)."""
 
     def __init__(self) -> None:
         self.images: list[Tensor] = []
@@ -69,3 +73,52 @@ class StoreAllMID:
         trace_y = torch.trace(torch.linalg.inv(cov_y) @ _scatter_about(y, mean_y))
         trace_z = torch.trace(torch.linalg.inv(cov_z) @ _scatter_about(z0, mean_z))
         return mutual_information + 0.5 * (trace_x + trace_y - trace_z)
+
+
+class OfficialMID:
+    """The official code's MID, operation for operation: what the speed target "against the official code" uses.
+
+    ``update`` casts each batch to float64 and appends it. ``compute`` concatenates the lists, builds ``z = [x; y]``
+    and ``z0 = [x0; y]``, forms the five covariances ``X``, ``Y``, ``Z`` (reference, about their means) and ``X0``,
+    ``Z0`` (candidates, about the reference means) with one centred product each, takes each log-determinant as
+    the sum of the logs of the singular values of a full SVD (``torch.svd`` there: singular vectors included), and
+    each trace as ``tr(inverse(A) @ B)`` for ``(X, X0)``, ``(Y, Y)`` and ``(Z, Z0)``, with eps = 0 and no sample
+    cap reached (N <= 30,000). Compared with :class:`StoreAllMID` it has one covariance product fewer and costs
+    the SVDs' singular vectors (about 0.9 s at D = 768 on the benchmark CPU).
+    """
+
+    def __init__(self) -> None:
+        self.images: list[Tensor] = []
+        self.texts: list[Tensor] = []
+        self.candidate_images: list[Tensor] = []
+
+    def update(self, images: Tensor, texts: Tensor, candidate_images: Tensor) -> None:
+        """Store float64 copies of reference pairs ``(images, texts)`` and of the images generated from ``texts``."""
+        self.images.append(images.to(F64))
+        self.texts.append(texts.to(F64))
+        self.candidate_images.append(candidate_images.to(F64))
+
+    def compute(self) -> Tensor:
+        """Return MID of ``(candidate_images, texts)`` against ``(images, texts)``, as the official code does."""
+        x, y, x0 = (torch.cat(part) for part in (self.images, self.texts, self.candidate_images))
+        z, z0 = torch.cat([x, y], dim=-1), torch.cat([x0, y], dim=-1)
+        mean_x, mean_y = x.mean(dim=0, keepdim=True), y.mean(dim=0, keepdim=True)
+        mean_z = torch.cat([mean_x, mean_y], dim=-1)
+
+        def covariance(rows: Tensor, centre: Tensor) -> Tensor:
+            return (rows - centre).t() @ (rows - centre) / (rows.shape[0] - 1)
+
+        cov_x, cov_y, cov_z = covariance(x, mean_x), covariance(y, mean_y), covariance(z, mean_z)
+        scatter_x0, scatter_z0 = covariance(x0, mean_x), covariance(z0, mean_z)
+
+        def log_det(matrix: Tensor) -> Tensor:
+            return torch.linalg.svd(matrix, full_matrices=False)[1].log().sum()
+
+        def trace_of_ratio(reference: Tensor, other: Tensor) -> Tensor:
+            return (torch.linalg.inv(reference) @ other).trace()
+
+        mutual_information = (log_det(cov_x) + log_det(cov_y) - log_det(cov_z)) / 2
+        distance = (
+            trace_of_ratio(cov_x, scatter_x0) + trace_of_ratio(cov_y, cov_y) - trace_of_ratio(cov_z, scatter_z0)
+        ) / 2
+        return mutual_information + distance

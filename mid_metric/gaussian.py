@@ -137,9 +137,14 @@ def fit_reference(mean: Tensor, covariance: Tensor, image_dim: int, count: int, 
         0.223144
     """
     covariance = covariance.to(torch.float64)
-    text_dim = covariance.shape[0] - image_dim
     if eps > 0.0:
         covariance = covariance + eps * torch.eye(covariance.shape[0], dtype=covariance.dtype, device=covariance.device)
+    return _factorised(mean, covariance, image_dim, count)
+
+
+def _factorised(mean: Tensor, covariance: Tensor, image_dim: int, count: int) -> GaussianReference:
+    """:func:`fit_reference` on a float64 covariance, ``eps`` included, of which only the lower triangle is read."""
+    text_dim = covariance.shape[0] - image_dim
     chol_joint = _cholesky(covariance, "reference (image, text) pairs")
     chol_text = _cholesky(covariance[image_dim:, image_dim:], "reference text features")
     logdet_joint = _logdet_from_cholesky(chol_joint)
@@ -164,8 +169,11 @@ def reference_from_moments(packed: Tensor, image_dim: int, eps: float = 0.0) -> 
     """
     count = int(moments.unpack(packed).count)
     check_reference_count(count, moments.dim_from_packed_size(packed.shape[-1]), eps)
-    mean, scatter = moments.mean_and_scatter(packed)
-    return fit_reference(mean, scatter / (count - 1), image_dim, count, eps)
+    # The covariance in one pass, lower triangle only (the factorisations read nothing else), eps added in place.
+    mean, covariance = moments.mean_and_scatter(packed, scale=1.0 / (count - 1), symmetric=False)
+    if eps > 0.0:
+        covariance.diagonal().add_(eps)
+    return _factorised(mean, covariance, image_dim, count)
 
 
 def candidate_scatter(reference: GaussianReference, candidate_packed: Tensor, what: str = "MID") -> Tensor:
@@ -181,8 +189,8 @@ def candidate_scatter(reference: GaussianReference, candidate_packed: Tensor, wh
     """
     num_candidates = int(moments.unpack(candidate_packed).count)
     check_candidate_count(num_candidates, what)
-    _, scatter = moments.mean_and_scatter(candidate_packed, center=reference.mean)
-    return scatter.div_(num_candidates - 1)  # scatter is a fresh tensor
+    _, scatter = moments.mean_and_scatter(candidate_packed, center=reference.mean, scale=1.0 / (num_candidates - 1))
+    return scatter
 
 
 def _solve_sandwich(chol: Tensor, matrix: Tensor) -> Tensor:

@@ -175,19 +175,7 @@ def symmetrized(packed: Tensor) -> Tensor:
         [[1.0, 2.0], [2.0, 3.0]]
     """
     result = packed.clone()
-    unpack(result).shifted_outer_sum.copy_(_symmetric_from_lower(unpack(packed).shifted_outer_sum))
-    return result
-
-
-def _symmetric_from_lower(matrix: Tensor, block: int = 256) -> Tensor:
-    """Return a symmetric copy of ``matrix`` built from its lower triangle, copying in cache-sized blocks."""
-    result = matrix.clone()
-    dim = matrix.shape[0]
-    for start in range(0, dim, block):
-        stop = min(dim, start + block)
-        result[start:stop, stop:] = matrix[stop:, start:stop].mT
-        diagonal = matrix[start:stop, start:stop]
-        result[start:stop, start:stop] = diagonal.tril() + diagonal.tril(-1).mT
+    _mirror_lower_(unpack(result).shifted_outer_sum)
     return result
 
 
@@ -282,7 +270,10 @@ def accumulate_pairs_(
     """
     accumulate_(reference, reference_rows, split)
     accumulate_(candidate, candidate_rows, split, skip_trailing_block=True)
-    unpack(candidate).shifted_outer_sum[split:, split:].copy_(unpack(reference).shifted_outer_sum[split:, split:])
+    source, target = unpack(reference).shifted_outer_sum, unpack(candidate).shifted_outer_sum
+    for start, stop in _row_blocks(source.shape[0], split):  # the entries _add_gram_ writes, lower triangle included
+        if start >= split:
+            target[start:stop, split:stop].copy_(source[start:stop, split:stop])
     if reference_rows.shape[0] > 0 and recentre_due(batches_seen):
         recentre_(reference)
         recentre_(candidate)
@@ -303,10 +294,13 @@ def recentre_(packed: Tensor) -> Tensor:
         (True, [4.0])
     """
     fields = unpack(packed)
-    mean = fields.shift + fields.shifted_sum / fields.count.clamp(min=1.0)
-    _, moved_outer = moved_sums(*fields, mean)  # S2 - S1 S1^T / n
-    fields.shifted_outer_sum.copy_(moved_outer)
-    fields.shift.copy_(mean)
+    scaled_sum = fields.shifted_sum / fields.count.clamp(min=1.0)
+    # The move to the mean is S2 - S1 S1^T / n (moved_sums with w = S1 / 2): one rank-1 update, made in place on the
+    # lower triangle only, in row blocks (a pass over half the matrix, no D x D temporary).
+    outer = fields.shifted_outer_sum
+    for start, stop in _row_blocks(outer.shape[0], 0):
+        outer[start:stop, :stop].addr_(fields.shifted_sum[start:stop], scaled_sum[:stop], alpha=-1)
+    fields.shift.add_(scaled_sum)
     fields.shifted_sum.zero_()  # the sum about the mean, exactly
     return packed
 
@@ -366,15 +360,20 @@ def merge(stacked: Tensor) -> Tensor:
     return merged
 
 
-def mean_and_scatter(packed: Tensor, center: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def mean_and_scatter(
+    packed: Tensor, center: Tensor | None = None, scale: float = 1.0, symmetric: bool = True
+) -> tuple[Tensor, Tensor]:
     """Return the mean and the scatter matrix ``sum (v - c)(v - c)^T`` of a packed moments tensor.
 
     Args:
         packed: Packed moments.
         center: Point ``c`` about which the scatter is taken; the group's own mean when ``None``.
+        scale: Factor applied to the scatter (``1 / (n - 1)`` gives the unbiased covariance), in the same pass.
+        symmetric: Rebuild the upper triangle from the lower one. With ``False`` only the lower triangle (diagonal
+            included) is meaningful, which is all a Cholesky factorisation reads, and half a pass is saved.
 
     Returns:
-        ``(mean, scatter)``, both float64.
+        ``(mean, scatter)``, both float64; ``scatter`` is a new tensor.
 
     Example:
         >>> state = from_features(torch.tensor([[0.0], [2.0]]))
@@ -382,17 +381,40 @@ def mean_and_scatter(packed: Tensor, center: Tensor | None = None) -> tuple[Tens
         [[1.0], [[2.0]]]
         >>> [t.tolist() for t in mean_and_scatter(state, center=torch.zeros(1, dtype=torch.float64))]
         [[1.0], [[4.0]]]
+        >>> mean_and_scatter(state, scale=0.5)[1].tolist()
+        [[1.0]]
     """
     fields = unpack(packed)
     count = fields.count.clamp(min=1.0)
     mean = fields.shift + fields.shifted_sum / count
-    outer_sum = _symmetric_from_lower(fields.shifted_outer_sum)
+    # One pass over the D x D matrix builds the result from the stored lower triangle: S2 plus a rank-1 (own mean)
+    # or rank-2 (other centre) term, scaled; compute() latency is bound by such passes.
     if center is None:
         # S2 - S1 S1^T / n; S1 is small because the shift is close to the mean.
-        # (in-place addr: one pass over the D x D matrix per term; compute() latency is bound by such passes.)
-        scatter = outer_sum.addr_(fields.shifted_sum, fields.shifted_sum / count, alpha=-1)
+        scatter = torch.addr(
+            fields.shifted_outer_sum, fields.shifted_sum, fields.shifted_sum / count, beta=scale, alpha=-scale
+        )
     else:
         offset = fields.shift - center
         weighted = fields.shifted_sum + 0.5 * fields.count * offset
-        scatter = outer_sum.addr_(offset, weighted).addr_(weighted, offset)
+        scatter = torch.addmm(
+            fields.shifted_outer_sum,
+            torch.stack([offset, weighted], dim=1),
+            torch.stack([weighted, offset]),
+            beta=scale,
+            alpha=scale,
+        )
+    if symmetric:
+        _mirror_lower_(scatter)
     return mean, scatter
+
+
+def _mirror_lower_(matrix: Tensor, block: int = 256) -> Tensor:
+    """Overwrite the upper triangle of ``matrix`` with the transpose of its lower one, in place, in blocks."""
+    dim = matrix.shape[0]
+    for start in range(0, dim, block):
+        stop = min(dim, start + block)
+        matrix[start:stop, stop:] = matrix[stop:, start:stop].mT
+        diagonal = matrix[start:stop, start:stop]
+        diagonal.copy_(diagonal.tril() + diagonal.tril(-1).mT)
+    return matrix

@@ -472,7 +472,10 @@ class MutualInformationDivergence(PairedFeatureMetric):
         # Kept with the fit from its second use on: later candidate sets then need no factorisation or solve.
         precisions = self._reference_fit.precisions_when_reused()
         result = divergence_from_moments(reference, self.candidate_moments, self.bias_correction, precisions)
-        self._last = (result, reference, self.candidate_moments.clone())  # the synced states this came from
+        # The states this came from, for compute_with_ci: a copy while synced (unsync restores the local ones after
+        # compute); otherwise the state itself, which any later update replaces the result of before it is read.
+        candidates = self.candidate_moments.clone() if self._is_synced else self.candidate_moments
+        self._last = (result, reference, candidates)
         return result.mid
 
     def compute_result(self) -> MIDResult:
