@@ -387,8 +387,8 @@ def mean_and_scatter(
     fields = unpack(packed)
     count = fields.count.clamp(min=1.0)
     mean = fields.shift + fields.shifted_sum / count
-    # One pass over the D x D matrix builds the result from the stored lower triangle: S2 plus a rank-1 (own mean)
-    # or rank-2 (other centre) term, scaled; compute() latency is bound by such passes.
+    # One pass over the D x D matrix (two for another centre) builds the result from the stored lower triangle: S2
+    # plus a rank-1 (own mean) or rank-2 (other centre) term, scaled; compute() latency is bound by such passes.
     if center is None:
         # S2 - S1 S1^T / n; S1 is small because the shift is close to the mean.
         scatter = torch.addr(
@@ -397,13 +397,9 @@ def mean_and_scatter(
     else:
         offset = fields.shift - center
         weighted = fields.shifted_sum + 0.5 * fields.count * offset
-        scatter = torch.addmm(
-            fields.shifted_outer_sum,
-            torch.stack([offset, weighted], dim=1),
-            torch.stack([weighted, offset]),
-            beta=scale,
-            alpha=scale,
-        )
+        # (two rank-1 updates: a rank-2 GEMM with an inner dimension of 2 is several times slower here)
+        scatter = torch.addr(fields.shifted_outer_sum, offset, weighted, beta=scale, alpha=scale)
+        scatter.addr_(weighted, offset, alpha=scale)
     if symmetric:
         _mirror_lower_(scatter)
     return mean, scatter
