@@ -16,8 +16,8 @@ Layout of a packed tensor for dimension ``D`` (length ``1 + 2 D + D^2``)::
 
 ``S2`` is symmetric, so the update computes only its lower triangle (diagonal included): **only the lower triangle
 of S2 is meaningful**, and the upper one holds whatever the operations left there. Every operation on packed
-tensors here is element-wise or adds symmetric terms, so it keeps the lower triangle right; :func:`mean_and_scatter`
-and :func:`symmetrized` rebuild the full matrix from it.
+tensors here is element-wise or adds symmetric terms, so it keeps the lower triangle right; :func:`symmetrized`
+rebuilds the full matrix from it, and so does :func:`mean_and_scatter` unless asked for the lower triangle only.
 """
 
 from __future__ import annotations
@@ -197,7 +197,8 @@ def moved_sums(
 
     With ``d = shift - new_shift``: ``sum (v - c) = S1 + n d`` and
     ``sum (v - c)(v - c)^T = S2 + d S1^T + S1 d^T + n d d^T = S2 + d w^T + w d^T`` with ``w = S1 + n d / 2``. Exact in
-    exact arithmetic; the merge, the DDP sync and the recentring all move sums with it.
+    exact arithmetic; the merge and the DDP sync move sums with it (the recentring is its special case
+    ``new_shift = mean``, ``S2 - S1 S1^T / n``, done in place by :func:`recentre_`).
 
     Example:
         >>> v = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
@@ -296,7 +297,8 @@ def recentre_(packed: Tensor) -> Tensor:
     fields = unpack(packed)
     scaled_sum = fields.shifted_sum / fields.count.clamp(min=1.0)
     # The move to the mean is S2 - S1 S1^T / n (moved_sums with w = S1 / 2): one rank-1 update, made in place on the
-    # lower triangle only, in row blocks (a pass over half the matrix, no D x D temporary).
+    # lower triangle, in row blocks (a pass over about half the matrix, no D x D temporary; the diagonal blocks are
+    # updated whole).
     outer = fields.shifted_outer_sum
     for start, stop in _row_blocks(outer.shape[0], 0):
         outer[start:stop, :stop].addr_(fields.shifted_sum[start:stop], scaled_sum[:stop], alpha=-1)

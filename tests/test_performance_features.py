@@ -609,6 +609,27 @@ def test_update_pairs_is_bitwise_the_two_updates_when_the_batch_divides_the_buff
 
 
 @pytest.mark.parametrize("buffer_rows", [1, 16, 1024])
+def test_compute_after_more_update_pairs_is_not_the_cached_value(buffer_rows):
+    # update_pairs is not wrapped by torchmetrics; it must still drop the value cached by compute(), and the
+    # interval of compute_with_ci must come from the same state as the value (a regression found in review).
+    dx, dy = 3, 4
+    x, y, x0 = _data(300, dx, dy)
+    metric = MutualInformationDivergence((dx, dy), buffer_rows=buffer_rows)
+    twin = MutualInformationDivergence((dx, dy), buffer_rows=buffer_rows)  # flushed at the same point, no interval
+    metric.update_pairs(x[:150], y[:150], x0[:150])
+    twin.update_pairs(x[:150], y[:150], x0[:150])
+    _close(metric.compute_with_ci().mid, ref_mid(x[:150], y[:150], x0[:150], y[:150]))
+    twin.compute()
+    metric.update_pairs(x[150:], y[150:], x0[150:])
+    twin.update_pairs(x[150:], y[150:], x0[150:])
+    _close(metric.compute(), ref_mid(x, y, x0, y))
+    assert torch.equal(metric.compute(), twin.compute())
+    with_ci, expected = metric.compute_with_ci(), twin.compute_with_ci()
+    assert torch.equal(with_ci.mid, expected.mid)
+    assert math.isclose(with_ci.standard_error, expected.standard_error, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("buffer_rows", [1, 16, 1024])
 def test_update_pairs_mixed_with_update(buffer_rows):
     dx, dy = 7, 13
     x, y, x0 = _data(300, dx, dy)

@@ -299,6 +299,10 @@ class MutualInformationDivergence(PairedFeatureMetric):
             >>> torch.equal(paired.compute(), separate.compute())
             True
         """
+        # update_pairs is not wrapped by torchmetrics as update is: do the wrapper's bookkeeping here, so that a
+        # later compute() recomputes instead of returning the value cached before these rows.
+        self._computed = None
+        self._update_count += 1
         self._check_device()
         if self.feature_extractor is not None and not are_features(real_images, captions):
             real_images, captions = self.extract_features(real_images, captions)
@@ -473,7 +477,8 @@ class MutualInformationDivergence(PairedFeatureMetric):
         precisions = self._reference_fit.precisions_when_reused()
         result = divergence_from_moments(reference, self.candidate_moments, self.bias_correction, precisions)
         # The states this came from, for compute_with_ci: a copy while synced (unsync restores the local ones after
-        # compute); otherwise the state itself, which any later update replaces the result of before it is read.
+        # compute); otherwise the state itself. Everything that changes it (update, update_pairs, forward, reset,
+        # merge_state, load_state_dict) clears the cached value first, so compute_with_ci recomputes before it reads.
         candidates = self.candidate_moments.clone() if self._is_synced else self.candidate_moments
         self._last = (result, reference, candidates)
         return result.mid
@@ -798,7 +803,7 @@ class MutualInformationDivergence(PairedFeatureMetric):
         fields = [moments.unpack(getattr(self, f"{group}_moments")) for group in _GROUPS]
         pairs = [(field.shift[split:], field.shifted_sum[split:]) for field in fields]
         same = all(torch.equal(a, b) for a, b in zip(*pairs)) and torch.equal(fields[0].count, fields[1].count)
-        same = same and torch.equal(*(field.shifted_outer_sum[split:, split:] for field in fields))
+        same = same and torch.equal(*(field.shifted_outer_sum[split:, split:].tril() for field in fields))
         if count > 0:
             same = same and torch.equal(*(self._staged[group][:count, split:] for group in _GROUPS))  # type: ignore
         return same
