@@ -91,3 +91,29 @@ def test_singular_covariance_is_refused():
     cov[:, 3] = cov[:, 2]  # a duplicated coordinate
     with pytest.raises(ValueError, match="not positive definite"):
         fit_reference(torch.zeros(4, dtype=F64), cov, image_dim=2, count=100)
+
+
+def _lower_only_fit_matches(device):
+    # reference_from_moments leaves the upper triangle of the covariance stale and relies on the factorisations
+    # reading only the lower one: a state whose upper triangle is NaN must give the same fit, bit for bit.
+    z = torch.randn(400, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
+    mixing = torch.eye(9, dtype=torch.float64, device=device) + 0.3 * torch.ones(
+        9, 9, dtype=torch.float64, device=device
+    )
+    packed = moments.from_features(z @ mixing)
+    spoiled = packed.clone()
+    outer = moments.unpack(spoiled).shifted_outer_sum
+    outer.masked_fill_(torch.ones_like(outer, dtype=torch.bool).triu(1), float("nan"))
+    clean = reference_from_moments(moments.symmetrized(packed), image_dim=4)
+    stale = reference_from_moments(spoiled, image_dim=4)
+    assert torch.equal(clean.chol_joint, stale.chol_joint) and torch.equal(clean.chol_text, stale.chol_text)
+    assert torch.equal(clean.mutual_information, stale.mutual_information)
+
+
+def test_the_reference_fit_reads_only_the_lower_triangle():
+    _lower_only_fit_matches("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_the_reference_fit_reads_only_the_lower_triangle_on_cuda():
+    _lower_only_fit_matches("cuda")
