@@ -19,12 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli import fail_cli as fail
+from _cli import run_cli as run
 from clip_fixtures import build_tiny_clip
 from flickr8k_fixture import build_flickr8k, image_name
 from PIL import Image
 from preprocess_reference import reference_openai
 
-from mid_metric import MutualInformationDivergence, cli
+from mid_metric import MutualInformationDivergence
 
 transformers = pytest.importorskip("transformers")
 scipy_stats = pytest.importorskip("scipy.stats")
@@ -96,11 +98,6 @@ def expanded(expected, per_item: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     index = [n for n, (*_, ratings) in enumerate(expected.items) for _ in ratings]
     ratings = [rating for *_, ratings in expected.items for _, rating in ratings]
     return per_item[index], np.array(ratings)
-
-
-def run(args: list[str], capsys) -> str:
-    assert cli.main(args) == 0, capsys.readouterr().err
-    return capsys.readouterr().out
 
 
 def benchmark_args(data, name: str, *extra: str) -> list[str]:
@@ -237,16 +234,6 @@ def test_a_reference_file_of_the_same_pairs_gives_the_same_mid(data, tmp_path, c
     assert from_file["reference"] == {"source": str(reference), "num_samples": 120, "eps": EPS, "model": own["model"]}
     assert from_file["metrics"]["mid"]["tau"] == pytest.approx(own["metrics"]["mid"]["tau"], abs=1e-9)
     assert from_file["metrics"]["clip_score"] == own["metrics"]["clip_score"]
-
-
-def fail(args: list[str], capsys, *words: str) -> str:
-    assert cli.main(args) == 1
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mid-metric: error: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 def copy_tree(data, tmp_path: Path) -> Path:

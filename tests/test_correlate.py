@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import fail_cli as fail
+from _cli import run_cli
 from safetensors.torch import save_file
 
 from mid_metric import cli
@@ -87,42 +89,16 @@ def tables(tmp_path):
 
 
 def run_json(args: list[str], capsys) -> dict:
-    assert cli.main(args) == 0, capsys.readouterr().err
-    return json.loads(capsys.readouterr().out)
-
-
-def fail(args: list[str], capsys, *words: str) -> str:
-    assert cli.main(args) == 1
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mid-metric: error: "), err
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
+    return json.loads(run_cli(args, capsys))
 
 
 @pytest.mark.parametrize("kind", ["csv", "jsonl"])
 @pytest.mark.parametrize("variant", ["b", "c"])
 def test_tau_equals_scipy_on_the_joined_rows(tables, capsys, kind, variant):
     report = run_json(
-        [
-            "correlate",
-            str(tables["scores"]),
-            str(tables[kind]),
-            "--key",
-            "key",
-            "--score-column",
-            "pmi",
-            "--rating-column",
-            "rating",
-            "--variant",
-            variant,
-            "--json",
-            "--bootstrap",
-            "300",
-            "--seed",
-            "3",
-        ],
+        correlate_args(
+            tables["scores"], tables[kind], "--variant", variant, "--json", "--bootstrap", "300", "--seed", "3"
+        ),
         capsys,
     )
     order = tables["order"]
@@ -210,20 +186,7 @@ def test_nan_and_empty_ratings_are_skipped(tables, tmp_path, capsys):
     rows = [[f"k{i}", "" if i == 3 else ("NaN" if i == 5 else 1 + i % 4)] for i in range(N)]
     judgments = write_csv(tmp_path / "gaps.csv", ["key", "rating"], rows)
     report = run_json(
-        [
-            "correlate",
-            str(tables["scores"]),
-            str(judgments),
-            "--key",
-            "key",
-            "--score-column",
-            "pmi",
-            "--rating-column",
-            "rating",
-            "--json",
-            "--bootstrap",
-            "0",
-        ],
+        correlate_args(tables["scores"], judgments, "--json", "--bootstrap", "0"),
         capsys,
     )
     kept = [i for i in range(N) if i not in (3, 5)]
