@@ -20,6 +20,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional, Sequence
 
+from mid_metric._checks import check_level
+
 __all__ = ["VARIANTS", "KendallResult", "require_scipy", "kendall_tau", "bootstrap_kendall_tau", "correlate"]
 
 #: The variants of Kendall's tau that scipy computes: ``"b"`` (ties adjusted) and ``"c"`` (Stuart's).
@@ -190,8 +192,7 @@ def bootstrap_kendall_tau(
         raise ValueError(f"`resamples` must be an int >= 0, got {resamples!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
-    if not (isinstance(level, float) and 0.0 < level < 1.0):
-        raise ValueError(f"`level` must be a float in (0, 1), got {level!r}.")
+    check_level(level)
     if resamples == 0:
         return None, None
     stats = require_scipy()
