@@ -629,6 +629,18 @@ def test_compute_after_more_update_pairs_is_not_the_cached_value(buffer_rows):
     assert math.isclose(with_ci.standard_error, expected.standard_error, rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("buffer_rows", [1, 1024])
+def test_update_pairs_takes_features_that_require_grad(buffer_rows):
+    # As update does (torchmetrics runs it with gradients off), update_pairs accumulates features that require
+    # grad without recording a graph; it used to fail with "a leaf Variable that requires grad".
+    x, y, x0 = (t.clone().requires_grad_() for t in _data(300, 3, 4))
+    metric = MutualInformationDivergence((3, 4), buffer_rows=buffer_rows)
+    metric.update_pairs(x, y, x0)
+    value = metric.compute()
+    assert not value.requires_grad and not metric.reference_moments.requires_grad
+    _close(value, ref_mid(x.detach(), y.detach(), x0.detach(), y.detach()))
+
+
 @pytest.mark.parametrize("buffer_rows", [1, 16, 1024])
 def test_update_pairs_mixed_with_update(buffer_rows):
     dx, dy = 7, 13

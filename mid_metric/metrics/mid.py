@@ -299,10 +299,11 @@ class MutualInformationDivergence(PairedFeatureMetric):
             >>> torch.equal(paired.compute(), separate.compute())
             True
         """
-        # update_pairs is not wrapped by torchmetrics as update is: do the wrapper's bookkeeping here, so that a
-        # later compute() recomputes instead of returning the value cached before these rows.
-        self._computed = None
-        self._update_count += 1
+        # torchmetrics wraps `update` only: its wrapper (the cached value dropped, the update counted, gradients
+        # off as in update) serves this method too.
+        self._wrap_update(self._update_pairs)(real_images, captions, generated_images)
+
+    def _update_pairs(self, real_images: Any, captions: Any, generated_images: Any) -> None:
         self._check_device()
         if self.feature_extractor is not None and not are_features(real_images, captions):
             real_images, captions = self.extract_features(real_images, captions)
