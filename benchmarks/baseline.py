@@ -75,7 +75,7 @@ class StoreAllMID:
         return mutual_information + 0.5 * (trace_x + trace_y - trace_z)
 
 
-class OfficialMID:
+class OfficialMID(StoreAllMID):
     """The official code's MID, operation for operation: what the speed target "against the official code" uses.
 
     ``update`` casts each batch to float64 and appends it. ``compute`` concatenates the lists, builds ``z = [x; y]``
@@ -87,16 +87,9 @@ class OfficialMID:
     the SVDs' singular vectors (about 0.9 s at D = 768 on the benchmark CPU).
     """
 
-    def __init__(self) -> None:
-        self.images: list[Tensor] = []
-        self.texts: list[Tensor] = []
-        self.candidate_images: list[Tensor] = []
-
     def update(self, images: Tensor, texts: Tensor, candidate_images: Tensor) -> None:
         """Store float64 copies of reference pairs ``(images, texts)`` and of the images generated from ``texts``."""
-        self.images.append(images.to(F64))
-        self.texts.append(texts.to(F64))
-        self.candidate_images.append(candidate_images.to(F64))
+        super().update(images.to(F64), texts.to(F64), candidate_images.to(F64))
 
     def compute(self) -> Tensor:
         """Return MID of ``(candidate_images, texts)`` against ``(images, texts)``, as the official code does."""

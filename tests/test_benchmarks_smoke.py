@@ -62,3 +62,20 @@ def test_companion_benchmark_quick(tmp_path: Path) -> None:
     for title in ("Peak memory", "Time of all updates", "Agreement with the official twins", "**Target:**"):
         assert title in text, title
     assert "[PASS]" in done.stdout
+
+
+def test_store_all_baselines_give_the_official_cross_check(monkeypatch) -> None:
+    # The baselines the end-to-end figures are measured against must compute the official estimator: on the
+    # official code's own example (seed 123, x0 = 1.1 x) it gives MID = 0.151645 (its doctest prints 0.1516).
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from baseline import OfficialMID, StoreAllMID
+
+    torch.manual_seed(123)
+    x = torch.rand(10, 2, dtype=torch.float64) * 2 - 1
+    y = torch.rand(10, 2, dtype=torch.float64) * 2 - 1
+    for kind in (OfficialMID, StoreAllMID):
+        store = kind()
+        store.update(x, y, 1.1 * x)
+        assert float(store.compute()) == pytest.approx(0.151645, abs=5e-7), kind.__name__
