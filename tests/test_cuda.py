@@ -155,6 +155,18 @@ def _sync_calls(metric, kind, gpu, rows):
     return calls
 
 
+def _fresh_after_warm_up(kind, gpu, rows, validate_args):
+    """A new metric on CUDA, after a first one ran the same calls: the CUDA context, kernels and cuBLAS handle are
+    then made outside the checked region."""
+
+    def build():
+        return MutualInformationDivergence((DX, DY), validate_args=validate_args, buffer_rows=SYNC_BUFFER).to("cuda")
+
+    for call in _sync_calls(build(), kind, gpu, rows):
+        call()
+    return build()
+
+
 def test_sync_counter_sees_a_synchronisation():
     # The counting below means something only if the debug mode reports a known synchronisation.
     value = torch.ones(3, device="cuda").sum()
@@ -167,14 +179,7 @@ def test_sync_counter_sees_a_synchronisation():
 @pytest.mark.parametrize("rows", [8, SYNC_BUFFER + 36], ids=["below_buffer", "above_buffer"])
 def test_update_without_validation_does_not_synchronise(kind, rows):
     gpu, cpu = _sync_data(3 * SYNC_BUFFER + 20)
-
-    def build():
-        return MutualInformationDivergence((DX, DY), validate_args=False, buffer_rows=SYNC_BUFFER).to("cuda")
-
-    warm = build()  # CUDA context, kernels and cuBLAS handle outside the checked region
-    for call in _sync_calls(warm, kind, gpu, rows):
-        call()
-    metric = build()
+    metric = _fresh_after_warm_up(kind, gpu, rows, validate_args=False)
     for call in _sync_calls(metric, kind, gpu, rows):
         _without_syncs(call)  # raises RuntimeError on any synchronisation
     assert metric._staged["reference"] is None or metric._staged["reference"].device.type == "cuda"
@@ -185,14 +190,7 @@ def test_update_without_validation_does_not_synchronise(kind, rows):
 @pytest.mark.parametrize("rows", [8, SYNC_BUFFER + 36], ids=["below_buffer", "above_buffer"])
 def test_update_with_validation_synchronises_at_most_once(kind, rows):
     gpu, cpu = _sync_data(3 * SYNC_BUFFER + 20)
-
-    def build():
-        return MutualInformationDivergence((DX, DY), validate_args=True, buffer_rows=SYNC_BUFFER).to("cuda")
-
-    warm = build()
-    for call in _sync_calls(warm, kind, gpu, rows):
-        call()
-    metric = build()
+    metric = _fresh_after_warm_up(kind, gpu, rows, validate_args=True)
     counts = [len(_sync_warnings(call)) for call in _sync_calls(metric, kind, gpu, rows)]
     assert all(count <= 1 for count in counts), counts
     assert metric.compute().item() == pytest.approx(ref_mid(cpu[0], cpu[1], cpu[2], cpu[1]), rel=REL, abs=0.0)
