@@ -1,4 +1,4 @@
-"""The package's layout: dependencies point one way, no import cycles, every module says its job, 0.1 paths work.
+"""The package's layout: dependencies point one way, no import cycles, every module says its job, none is too long.
 
 The import graph is read from the source with ``ast`` (every ``import`` statement, those inside functions and under
 ``TYPE_CHECKING`` included), so a lazy import cannot hide a cycle.
@@ -12,10 +12,15 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "mid_metric"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "mid_metric"
+BENCHMARKS = ROOT / "benchmarks"
+MAX_LINES = 500
 
-# Layers, bottom up. A module may import its own layer's modules and those of the layers listed for it.
-CORE = {"_version", "_checks", "moments", "gaussian", "wishart", "jackknife", "uncertainty", "result", "sync"}
+# Layers, bottom up. The core is every top-level module or package of mid_metric that is not one of the outer layers
+# below (the statistics, their stores and checks, the estimators). A module may import its own layer's modules and
+# those of the layers listed for it.
+OUTER_LAYERS = ("features", "io", "functional", "metrics", "cli")
 ALLOWED = {
     "core": {"core"},
     "features": {"core", "features"},
@@ -24,8 +29,8 @@ ALLOWED = {
     "metrics": {"core", "features", "io", "functional", "metrics"},
     "cli": {"core", "features", "io", "functional", "metrics", "cli"},
 }
-# Modules kept so that mid-metric 0.1's import paths still work; nothing in the package imports them.
-COMPATIBILITY = {"bias", "metric", "pairs", "reference_io"}
+# The package's own __init__ (the public names) and ``python -m mid_metric`` sit above every layer.
+ENTRY_POINTS = {"mid_metric", "mid_metric.__main__"}
 
 
 def _modules() -> dict[str, Path]:
@@ -42,14 +47,10 @@ MODULES = _modules()
 
 
 def _layer(module: str) -> str:
-    parts = module.split(".")
-    if len(parts) == 1:
-        return "package"
-    if parts[1] in CORE:
-        return "core"
-    if parts[1] in COMPATIBILITY or parts[1] == "__main__":
-        return "compatibility"
-    return parts[1]
+    if module in ENTRY_POINTS:
+        return "entry"
+    top = module.split(".")[1]
+    return top if top in OUTER_LAYERS else "core"
 
 
 def _imports(module: str) -> set[str]:
@@ -77,6 +78,15 @@ def _imports(module: str) -> set[str]:
 GRAPH = {module: _imports(module) for module in MODULES}
 
 
+def test_layers_are_what_the_layout_says():
+    assert _layer("mid_metric._checks.batches") == "core"
+    assert _layer("mid_metric.moments") == "core"
+    assert _layer("mid_metric.metrics.mid") == "metrics"
+    assert _layer("mid_metric.__main__") == "entry"
+    # Every outer layer and the core exist, so a rename cannot leave a rule that checks nothing.
+    assert {_layer(module) for module in MODULES} == {"entry", "core", *OUTER_LAYERS}
+
+
 def test_no_import_cycles():
     visiting, done = set(), set()
 
@@ -96,22 +106,12 @@ def test_no_import_cycles():
         visit(module, [])
 
 
-@pytest.mark.parametrize("module", sorted(MODULES))
+@pytest.mark.parametrize("module", sorted(set(MODULES) - ENTRY_POINTS))
 def test_dependencies_point_down(module):
     layer = _layer(module)
-    if layer in ("package", "compatibility"):
-        return
     for target in GRAPH[module]:
         target_layer = _layer(target)
         assert target_layer in ALLOWED[layer], f"{module} ({layer}) imports {target} ({target_layer})"
-
-
-def test_nothing_in_the_package_uses_the_compatibility_modules():
-    for module, targets in GRAPH.items():
-        if _layer(module) in ("compatibility", "package"):
-            continue
-        used = {t for t in targets if _layer(t) == "compatibility"}
-        assert not used, f"{module} imports {used}"
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -122,50 +122,65 @@ def test_every_module_opens_with_one_line_saying_its_job(module):
     assert first.endswith(".") and len(first) <= 120, first
 
 
-def test_the_import_paths_of_0_1_still_work():
-    from mid_metric import MIDResult, MutualInformationDivergence, functional
-    from mid_metric.bias import corrected_divergence, shared_modality, standard_error, with_confidence_interval
-    from mid_metric.features import CallableFeatureExtractor, ClipFeatureExtractor, as_feature_extractor, load_clip
-    from mid_metric.functional import (
-        GaussianReference,
-        divergence_from_moments,
-        fit_reference,
-        mutual_information,
-        mutual_information_divergence,
-        pointwise_mutual_information,
-        pointwise_mutual_information_from_reference,
-        reference_from_moments,
-    )
-    from mid_metric.metric import MutualInformationDivergence as FromMetricModule
-    from mid_metric.pairs import atomic_output, read_features, read_pairs
-    from mid_metric.reference_io import load_reference_statistics, save_reference_statistics
+SOURCES = sorted([*PACKAGE.rglob("*.py"), *BENCHMARKS.rglob("*.py")])
 
-    assert FromMetricModule is MutualInformationDivergence
-    assert functional.mutual_information_divergence is mutual_information_divergence
-    for name in (
-        MIDResult,
-        corrected_divergence,
-        shared_modality,
-        standard_error,
-        with_confidence_interval,
-        CallableFeatureExtractor,
-        ClipFeatureExtractor,
-        as_feature_extractor,
-        load_clip,
-        GaussianReference,
-        divergence_from_moments,
-        fit_reference,
-        mutual_information,
-        pointwise_mutual_information,
-        pointwise_mutual_information_from_reference,
-        reference_from_moments,
-        atomic_output,
-        read_features,
-        read_pairs,
-        load_reference_statistics,
-        save_reference_statistics,
-    ):
-        assert callable(name)
+
+@pytest.mark.parametrize("path", SOURCES, ids=[str(path.relative_to(ROOT)) for path in SOURCES])
+def test_no_module_is_over_500_lines(path):
+    length = len(path.read_text().splitlines())
+    assert length <= MAX_LINES, f"{path.relative_to(ROOT)} has {length} lines, more than {MAX_LINES}: split it by job"
+
+
+# The 0.1 compatibility modules were removed in 0.4.0; each name they held, and where it lives now (the CHANGELOG's
+# "Removed" list): a module holding the same name, or "module:name" for a replacement of another name.
+MOVED_IN_0_4 = {
+    "mid_metric.bias": {
+        "logdet_bias": "mid_metric.wishart",
+        "logdet_variance": "mid_metric.wishart",
+        "inverse_bias_factor": "mid_metric.wishart",
+        "mutual_information_bias": "mid_metric.wishart",
+        "shared_modality": "mid_metric.wishart",
+        "BlockTraces": "mid_metric.gaussian",
+        "block_traces": "mid_metric.gaussian",
+        "standard_error": "mid_metric.uncertainty",
+        "with_confidence_interval": "mid_metric.uncertainty",
+        "check_bias_correction": "mid_metric._checks",
+        "corrected_divergence": "mid_metric.functional:divergence_from_moments",  # with bias_correction=True
+    },
+    "mid_metric.metric": {"MutualInformationDivergence": "mid_metric"},
+    "mid_metric.pairs": {
+        **dict.fromkeys(
+            (
+                "PairsError",
+                "Pair",
+                "PairsTable",
+                "FeaturePairs",
+                "FEATURE_SUFFIXES",
+                "is_features_file",
+                "read_pairs",
+                "read_features",
+                "load_image",
+            ),
+            "mid_metric.io.pairs",
+        ),
+        "atomic_output": "mid_metric.io.atomic",
+        "create_temporary_file": "mid_metric.io.atomic",
+    },
+    "mid_metric.reference_io": dict.fromkeys(
+        ("FORMAT_NAME", "FORMAT_VERSION", "TENSOR_NAME", "save_reference_statistics", "load_reference_statistics"),
+        "mid_metric.io.reference_files",
+    ),
+}
+
+
+@pytest.mark.parametrize("old", sorted(MOVED_IN_0_4))
+def test_the_0_1_modules_are_gone_and_their_names_live_where_the_changelog_says(old):
+    assert old not in MODULES
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)
+    for name, home in MOVED_IN_0_4[old].items():
+        module, _, new_name = home.partition(":")
+        assert hasattr(importlib.import_module(module), new_name or name), f"{old}.{name} is not at {home}"
 
 
 def test_every_module_imports():
