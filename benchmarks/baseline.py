@@ -1,8 +1,9 @@
-"""Store-all MID baselines, written for the benchmarks (not used by the package).
+"""What the benchmarks measure mid-metric against: store-all MID baselines, and our own code before its speed work.
 
-Two of them: :class:`OfficialMID` repeats the official code's sequence of operations (naver-ai/mid.metric,
-``metrics/mid.py``) step for step, in our own code, and is what "against the official code" is measured with;
-:class:`StoreAllMID` is a leaner store-all algorithm (singular values only, no explicit products with inverses).
+Not used by the package. Two store-all baselines: :class:`OfficialMID` repeats the official code's sequence of
+operations (naver-ai/mid.metric, ``metrics/mid.py``) step for step, in our own code, and is what "against the
+official code" is measured with; :class:`StoreAllMID` is a leaner store-all algorithm (singular values only, no
+explicit products with inverses).
 
 It does what the paper's official estimator does, in our own code: ``update`` appends every feature batch to
 Python lists; ``compute`` concatenates them, casts to float64, builds each covariance two-pass (centre, then
@@ -17,12 +18,20 @@ linearly with the number of samples and its ``compute`` is dominated by the cova
 
 The text-to-image call ``update(x, y, x0)`` of the official code stores real images ``x``, captions ``y`` and the
 generated images ``x0``; the candidate pairs are ``(x0, y)``.
+
+And two pieces of the streaming metric as they were before the performance work, for the *previous* columns of
+``run.py``: :func:`previous_accumulate_` (the update as one full GEMM) and :func:`previous_traces` (the candidate
+traces from two triangular solves each).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from mid_metric import moments
+from mid_metric.functional import GaussianReference
+from mid_metric.gaussian import whitened_scatter
 
 F64 = torch.float64
 
@@ -115,3 +124,25 @@ class OfficialMID(StoreAllMID):
             trace_of_ratio(cov_x, scatter_x0) + trace_of_ratio(cov_y, cov_y) - trace_of_ratio(cov_z, scatter_z0)
         ) / 2
         return mutual_information + distance
+
+
+def previous_accumulate_(packed: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """The update before the performance work (one full GEMM), kept here for the before/after figures."""
+    fields = moments.unpack(packed)
+    batch = features.to(dtype=torch.float64)
+    fields.shift.copy_(torch.where(fields.count == 0, batch.mean(dim=0), fields.shift))
+    batch = batch - fields.shift
+    fields.shifted_sum.add_(batch.sum(dim=0))
+    fields.shifted_outer_sum.addmm_(batch.mT, batch)
+    fields.count.add_(batch.shape[0])
+    return packed
+
+
+def previous_traces(reference: GaussianReference, candidate_packed: torch.Tensor) -> torch.Tensor:
+    """The candidate part of compute() before the performance work: two triangular solves per trace."""
+    count = int(moments.unpack(candidate_packed).count)
+    _, scatter = moments.mean_and_scatter(candidate_packed, center=reference.mean)
+    cov = scatter / (count - 1)
+    dx = reference.image_dim
+    whitened, text = whitened_scatter(reference, cov)
+    return whitened[:dx, :dx].diagonal().sum() + text.diagonal().sum() - whitened.diagonal().sum()

@@ -25,48 +25,25 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from baseline import StoreAllMID  # noqa: E402
+from common import common_direction, near_direction, reset_peak_rss, status_kib  # noqa: E402
 
 from mid_metric import MutualInformationDivergence  # noqa: E402
 
 POOL = 8
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def _pool(dim: int, batch: int, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
-    direction = torch.randn(dim, generator=generator)
-    batches = []
-    for _ in range(POOL):
-        triple = []
-        for _ in range(3):
-            features = direction / dim**0.5 + 0.03 * torch.randn(batch, dim, generator=generator)
-            triple.append(torch.nn.functional.normalize(features, dim=1))
-        batches.append((triple[0], triple[1], triple[2]))
-    return batches
+    direction = common_direction(dim, generator)
+    return [tuple(near_direction(direction, batch, generator) for _ in range(3)) for _ in range(POOL)]
 
 
 def probe(impl: str, n: int, dim: int, batch: int) -> dict:
     pool = _pool(dim, batch)
     torch.manual_seed(0)
     _ = torch.zeros(1).sum()  # warm the allocator and the thread pool before the baseline is read
-    rss_before = _status_kib("VmRSS")
-    cleared = _reset_peak()
+    rss_before = status_kib("VmRSS")
+    cleared = reset_peak_rss()
     start = time.perf_counter()
     if impl == "ours":
         metric = MutualInformationDivergence(feature=dim)
@@ -86,7 +63,7 @@ def probe(impl: str, n: int, dim: int, batch: int) -> dict:
     else:
         raise ValueError(f"unknown implementation {impl!r}")
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM") if cleared else max(_status_kib("VmHWM"), rss_before)
+    peak = status_kib("VmHWM") if cleared else max(status_kib("VmHWM"), rss_before)
     return {
         "impl": impl,
         "n": n,

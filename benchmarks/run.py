@@ -16,34 +16,43 @@ It measures, in one run:
 
 It prints each target with PASS/FAIL and writes its tables between ``<!-- BEGIN benchmark -->`` and
 ``<!-- END benchmark -->`` in ``benchmarks/RESULTS.md`` (the rest of the file is kept), plus ``memory.png``.
+Parts 4 and 5 live in ``run_footprint.py``; the baselines and the code before the speed work in ``baseline.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Optional
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-from baseline import StoreAllMID  # noqa: E402
+from baseline import StoreAllMID, previous_accumulate_, previous_traces  # noqa: E402
+from common import (  # noqa: E402
+    Report,
+    add_results_flag,
+    add_size_flags,
+    clip_like_features,
+    cpu_model,
+    markdown_table,
+    synchronize,
+    timed,
+    utc_now,
+    write_block,
+)
+from run_footprint import bench_memory, bench_sync, plot_memory  # noqa: E402
 
 from mid_metric import MutualInformationDivergence, moments  # noqa: E402
 from mid_metric import functional as F  # noqa: E402
-from mid_metric.gaussian import whitened_scatter  # noqa: E402
-
-BEGIN, END = "<!-- BEGIN benchmark -->", "<!-- END benchmark -->"
 
 NOTES = """## Notes
 
@@ -129,93 +138,16 @@ TINY = Config(
 )
 
 
-@dataclass
-class Report:
-    """Tables (markdown lines) and target verdicts collected during a run."""
-
-    sections: list[str] = field(default_factory=list)
-    verdicts: list[tuple[str, str, str]] = field(default_factory=list)  # (target, measured, PASS/FAIL/n.a.)
-    memory_rows: list[dict] = field(default_factory=list)
-
-    def table(self, title: str, header: list[str], rows: list[list[str]], note: str = "") -> None:
-        lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        if note:
-            lines += ["", note]
-        self.sections.append("\n".join(lines))
-        print("\n".join(lines) + "\n", flush=True)
-
-    def verdict(self, target: str, measured: str, passed: Optional[bool]) -> None:
-        status = "n.a." if passed is None else ("PASS" if passed else "FAIL")
-        self.verdicts.append((target, measured, status))
-        print(f"[{status}] {target}: {measured}", flush=True)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], object], device: torch.device, calls: int = 1) -> float:
-    """Seconds per call of ``fn`` over ``calls`` back-to-back calls."""
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / calls
-
-
-def _features(n: int, dim: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    """CLIP-like float32 features: a common direction plus noise, L2-normalised."""
-    direction = torch.randn(dim, generator=torch.Generator().manual_seed(0))
-    noise = 0.03 * torch.randn(n, dim, generator=generator)
-    return torch.nn.functional.normalize(direction / dim**0.5 + noise, dim=1).to(device)
-
-
-def _previous_accumulate_(packed: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
-    """The update before the performance work (one full GEMM), kept here for the before/after figures."""
-    fields = moments.unpack(packed)
-    batch = features.to(dtype=torch.float64)
-    fields.shift.copy_(torch.where(fields.count == 0, batch.mean(dim=0), fields.shift))
-    batch = batch - fields.shift
-    fields.shifted_sum.add_(batch.sum(dim=0))
-    fields.shifted_outer_sum.addmm_(batch.mT, batch)
-    fields.count.add_(batch.shape[0])
-    return packed
-
-
-def _previous_traces(reference: F.GaussianReference, candidate_packed: torch.Tensor) -> torch.Tensor:
-    """The candidate part of compute() before the performance work: two triangular solves per trace."""
-    count = int(moments.unpack(candidate_packed).count)
-    _, scatter = moments.mean_and_scatter(candidate_packed, center=reference.mean)
-    cov = scatter / (count - 1)
-    dx = reference.image_dim
-    whitened, text = whitened_scatter(reference, cov)
-    return whitened[:dx, :dx].diagonal().sum() + text.diagonal().sum() - whitened.diagonal().sum()
-
-
-def _median(values: list[float]) -> float:
-    return statistics.median(values)
-
-
 def _fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
-
-
-def _fmt_bytes(count: float) -> str:
-    if count < 2**20:
-        return f"{count / 2**10:.1f} KiB"
-    return f"{count / 2**20:.1f} MiB"
 
 
 # ------------------------------------------------------------------------------------------- 1. updates
 def _throughput_one(dim: int, cfg: Config, device: torch.device) -> tuple[list[str], float]:
     joint, batch = 2 * dim, cfg.batch
     generator = torch.Generator().manual_seed(1)
-    images = _features(batch, dim, generator, device)
-    texts = _features(batch, dim, generator, device)
+    images = clip_like_features(batch, dim, generator, device)
+    texts = clip_like_features(batch, dim, generator, device)
     metric = MutualInformationDivergence(feature=dim).to(device)
     previous = moments.empty_moments(joint, device=device)
     joint_batch = torch.cat([images, texts], dim=1)
@@ -230,31 +162,31 @@ def _throughput_one(dim: int, cfg: Config, device: torch.device) -> tuple[list[s
         metric.update(images, texts, real=True)
 
     def update_previous() -> None:
-        _previous_accumulate_(previous, joint_batch)
+        previous_accumulate_(previous, joint_batch)
 
     for warm in (gemm, update, update_previous):
-        _timed(warm, device, 2)
+        timed(warm, device, 2)
     t_gemm, t_update, t_prev, r_new, r_prev = [], [], [], [], []
     for _ in range(cfg.throughput_reps):
-        g = _timed(gemm, device, calls)
-        u = _timed(update, device, calls)
-        g2 = _timed(gemm, device, calls)
-        p = _timed(update_previous, device, calls)
+        g = timed(gemm, device, calls)
+        u = timed(update, device, calls)
+        g2 = timed(gemm, device, calls)
+        p = timed(update_previous, device, calls)
         t_gemm += [g, g2]
         t_update.append(u)
         t_prev.append(p)
         r_new.append(g / u)
         r_prev.append(g2 / p)
     flops = 2.0 * batch * joint * joint
-    ratio = _median(r_new)
+    ratio = statistics.median(r_new)
     row = [
         f"{dim} ({joint})",
-        f"{flops / _median(t_gemm) / 1e9:.0f}",
-        f"{batch / _median(t_gemm):,.0f}",
-        f"{batch / _median(t_update):,.0f}",
+        f"{flops / statistics.median(t_gemm) / 1e9:.0f}",
+        f"{batch / statistics.median(t_gemm):,.0f}",
+        f"{batch / statistics.median(t_update):,.0f}",
         f"**{ratio:.2f}**",
-        f"{batch / _median(t_prev):,.0f}",
-        f"{_median(r_prev):.2f}",
+        f"{batch / statistics.median(t_prev):,.0f}",
+        f"{statistics.median(r_prev):.2f}",
     ]
     return row, ratio
 
@@ -291,8 +223,8 @@ def _filled_metric(dim: int, device: torch.device, seed: int = 2) -> MutualInfor
     for group_real in (True, False):
         for start in range(0, count, 1024):
             size = min(1024, count - start)
-            texts = _features(size, dim, generator, device)
-            metric.update(_features(size, dim, generator, device), texts, real=group_real)
+            texts = clip_like_features(size, dim, generator, device)
+            metric.update(clip_like_features(size, dim, generator, device), texts, real=group_real)
     metric.metric_state  # noqa: B018 (reading it flushes the staging buffer into the statistics read below)
     return metric
 
@@ -315,28 +247,28 @@ def _compute_one(dim: int, cfg: Config, device: torch.device) -> tuple[list[str]
 
     def previous() -> None:
         ref = F.reference_from_moments(metric.reference_moments, dim)
-        _previous_traces(ref, metric.candidate_moments)
-        _sync(device)
+        previous_traces(ref, metric.candidate_moments)
+        synchronize(device)
 
     def cholesky() -> None:
         torch.linalg.cholesky_ex(covariance)
 
     for warm in (cold_compute, warm_compute, previous, cholesky):
-        _timed(warm, device)
+        timed(warm, device)
     cold, hot, prev, chol = [], [], [], []
     for _ in range(cfg.compute_reps):
-        cold.append(_timed(cold_compute, device))
-        hot.append(_timed(warm_compute, device))
-        prev.append(_timed(previous, device))
-        chol.append(_timed(cholesky, device))
+        cold.append(timed(cold_compute, device))
+        hot.append(timed(warm_compute, device))
+        prev.append(timed(previous, device))
+        chol.append(timed(cholesky, device))
     row = [
         f"{dim} ({2 * dim})",
-        f"**{_fmt_ms(_median(cold))}** (min {_fmt_ms(min(cold))})",
-        f"{_fmt_ms(_median(hot))}",
-        f"{_fmt_ms(_median(prev))} (min {_fmt_ms(min(prev))})",
-        f"{_fmt_ms(_median(chol))}",
+        f"**{_fmt_ms(statistics.median(cold))}** (min {_fmt_ms(min(cold))})",
+        f"{_fmt_ms(statistics.median(hot))}",
+        f"{_fmt_ms(statistics.median(prev))} (min {_fmt_ms(min(prev))})",
+        f"{_fmt_ms(statistics.median(chol))}",
     ]
-    return row, _median(cold)
+    return row, statistics.median(cold)
 
 
 def bench_compute(cfg: Config, report: Report, device: torch.device) -> dict[int, float]:
@@ -369,11 +301,13 @@ def bench_end_to_end(cfg: Config, report: Report) -> tuple[dict[int, float], dic
     joint = 2 * dim
     gram = torch.zeros(joint, joint, dtype=torch.float64)
     operand = torch.randn(batch, joint, dtype=torch.float64)
-    gemm_seconds = _median([_timed(lambda: gram.addmm_(operand.mT, operand), torch.device("cpu"), 4) for _ in range(9)])
+    gemm_seconds = statistics.median(
+        [timed(lambda: gram.addmm_(operand.mT, operand), torch.device("cpu"), 4) for _ in range(9)]
+    )
     gemm_rate = 2.0 * batch * joint * joint / gemm_seconds
     for n in cfg.e2e_ns:
         generator = torch.Generator().manual_seed(3)
-        images, texts, generated = (_features(n, dim, generator, torch.device("cpu")) for _ in range(3))
+        images, texts, generated = (clip_like_features(n, dim, generator, torch.device("cpu")) for _ in range(3))
         ours_t, base_t, per_rep, values = [], [], [], None
         for _ in range(cfg.e2e_reps):
             start = time.perf_counter()
@@ -394,20 +328,20 @@ def bench_end_to_end(cfg: Config, report: Report) -> tuple[dict[int, float], dic
             base_t.append(end - middle)
             per_rep.append((end - middle) / (middle - start))
             values = (ours_value, base_value)
-        ratio = _median(per_rep)
+        ratio = statistics.median(per_rep)
         ratios[n] = ratio
         # Any streaming metric must accumulate the joint second moments of both groups: each of the J (J + 1) / 2
         # distinct entries needs N multiply-adds, so at least 2 groups x N J^2 flops (a perfect syrk at GEMM speed).
         bound = 2 * n * joint * joint / gemm_rate
-        bound_ratios[n] = _median(base_t) / bound
+        bound_ratios[n] = statistics.median(base_t) / bound
         assert values is not None
         rows.append(
             [
                 f"{n:,}",
-                f"{_median(ours_t):.2f}",
-                f"{_median(base_t):.2f}",
+                f"{statistics.median(ours_t):.2f}",
+                f"{statistics.median(base_t):.2f}",
                 f"**{ratio:.1f}x**",
-                f"{bound:.2f} ({_median(base_t) / bound:.1f}x)",
+                f"{bound:.2f} ({statistics.median(base_t) / bound:.1f}x)",
                 f"{abs(values[0] - values[1]):.1e}",
             ]
         )
@@ -432,161 +366,28 @@ def bench_end_to_end(cfg: Config, report: Report) -> tuple[dict[int, float], dic
     return ratios, bound_ratios
 
 
-# -------------------------------------------------------------------------------------------- 4. memory
-def _probe(impl: str, n: int, dim: int, batch: int) -> Optional[dict]:
-    command = [sys.executable, os.path.join(HERE, "memory_probe.py"), "--impl", impl, "--n", str(n), "--dim", str(dim)]
-    command += ["--batch", str(batch)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"memory probe {impl} n={n} failed: {done.stderr.strip()[-300:]}", flush=True)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def bench_memory(cfg: Config, report: Report) -> Optional[float]:
-    rows = []
-    results: dict[tuple[str, int], dict] = {}
-    for n in sorted(set(cfg.memory_ns) | set(cfg.baseline_memory_ns)):
-        for impl, ns in (("ours", cfg.memory_ns), ("baseline", cfg.baseline_memory_ns)):
-            if n in ns:
-                probe = _probe(impl, n, cfg.memory_dim, cfg.batch)
-                if probe is not None:
-                    results[(impl, n)] = probe
-                    report.memory_rows.append(probe)
-        ours, base = results.get(("ours", n)), results.get(("baseline", n))
-        base_note = "not run"
-        measured = [(k[1], v["growth_bytes"]) for k, v in results.items() if k[0] == "baseline"]
-        if base is None and measured:
-            largest_n, largest = max(measured)
-            base_note = f"skipped: about {largest * n / largest_n / 2**30:.0f} GiB by linear extrapolation"
-        rows.append(
-            [
-                f"{n:,}",
-                _fmt_bytes(ours["growth_bytes"]) if ours else "not run",
-                _fmt_bytes(base["growth_bytes"]) if base else base_note,
-                f"{ours['seconds']:.1f} / {base['seconds']:.1f}" if ours and base else "",
-            ]
-        )
-    first, last = min(cfg.memory_ns), max(cfg.memory_ns)
-    ratio = None
-    if ("ours", first) in results and ("ours", last) in results:
-        ratio = results[("ours", last)]["growth_bytes"] / results[("ours", first)]["growth_bytes"]
-    report.table(
-        f"Peak memory (RSS growth in a fresh process), D = {cfg.memory_dim} per modality",
-        ["N (reference = candidates)", "ours", "store-all baseline", "seconds ours / baseline"],
-        rows,
-        "Each figure is the peak resident set size of a fresh `memory_probe.py` process after its imports minus its"
-        " RSS before the first update; it includes the input batches, the state and everything `compute()`"
-        " allocates. The probes run with one torch thread, so that their duration does not depend on the load."
-        " State size (both groups): " + _fmt_bytes(2 * 8 * moments.packed_size(2 * cfg.memory_dim)) + ".",
-    )
-    return ratio
-
-
-def plot_memory(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for impl, label, marker in (("ours", "mid-metric (streaming)", "o"), ("baseline", "store-all baseline", "s")):
-        points = sorted((r["n"], r["growth_bytes"] / 2**20) for r in rows if r["impl"] == impl)
-        if points:
-            axes.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=label)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("N (reference pairs = candidate pairs)")
-    axes.set_ylabel("peak RSS growth (MiB)")
-    dims = sorted({r["dim"] for r in rows})
-    axes.set_title(f"Peak memory vs N, D = {dims[0] if dims else '?'} per modality")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-# ---------------------------------------------------------------------------------------------- 5. sync
-def bench_sync(cfg: Config, report: Report) -> tuple[Optional[bool], str]:
-    command = [sys.executable, os.path.join(HERE, "sync_bytes.py"), "--dim", str(cfg.sync_dim), "--n"]
-    command += [str(n) for n in cfg.sync_ns]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"sync benchmark failed: {done.stderr.strip()[-500:]}", flush=True)
-        return None, "failed to run"
-    results = [json.loads(line) for line in done.stdout.strip().splitlines() if line.startswith("{")]
-    rows = [
-        [
-            f"{r['n']:,}",
-            f"{r['max_bytes_sent']:,} ({_fmt_bytes(r['max_bytes_sent'])})",
-            ", ".join(f"{k} x{v}" for k, v in sorted(r["calls"].items())),
-            f"{r['state_bytes']:,} ({_fmt_bytes(r['state_bytes'])})",
-            r["sync_fn"],
-        ]
-        for r in results
-    ]
-    report.table(
-        f"Bytes a rank sends in one DDP sync (2 gloo processes, D = {cfg.sync_dim} per modality)",
-        ["N (total, per group)", "bytes sent per rank", "collectives", "size of the metric's states", "dist_sync_fn"],
-        rows,
-        "Counted by wrapping the `torch.distributed` collectives during `compute()` (see `sync_bytes.py`); each rank"
-        " holds N/2 reference and N/2 candidate pairs (eps = 5e-4 so that N = 1k is full rank).",
-    )
-    sent = [r["max_bytes_sent"] for r in results]
-    flat = len(set(sent)) == 1
-    bounded = all(r["max_bytes_sent"] <= r["state_bytes"] for r in results)
-    return flat and bounded, f"{sent[0]:,} B at N = {cfg.sync_ns[0]:,} and {sent[-1]:,} B at N = {cfg.sync_ns[-1]:,}"
-
-
-# ---------------------------------------------------------------------------------------------- report
+# --------------------------------------------------------------------------------------------- the run
 def machine_description() -> list[list[str]]:
-    model = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    """The rows of the "Machine and run" table that do not depend on the run."""
     rows = [
-        ["CPU", model],
+        ["CPU", cpu_model()],
         ["logical cores / torch threads", f"{os.cpu_count()} / {torch.get_num_threads()}"],
         ["torch", torch.__version__],
         ["Python", platform.python_version()],
-        ["date (UTC)", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")],
+        ["date (UTC)", utc_now()],
     ]
     if torch.cuda.is_available():
         rows.append(["GPU", torch.cuda.get_device_name(0)])
     return rows
 
 
-def write_results(path: str, body: str) -> None:
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    if os.path.exists(path):
-        with open(path) as handle:
-            text = handle.read()
-    else:
-        text = "# Benchmark results\n\n" + BEGIN + "\n" + END + "\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description="mid-metric benchmarks")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions, memory up to N = 100k (< 2 min)")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes, for the smoke test only (no targets)")
-    parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="markdown file to update")
-    parser.add_argument("--plot", default=os.path.join(HERE, "memory.png"), help="memory plot to write")
+    add_size_flags(
+        parser, "fewer repetitions, memory up to N = 100k (< 2 min)", "tiny sizes, for the smoke test only (no targets)"
+    )
+    add_results_flag(parser)
+    parser.add_argument("--plot", type=Path, default=HERE / "memory.png", help="memory plot to write")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "compute", "e2e", "memory", "sync"])
     args = parser.parse_args(argv)
     cfg = TINY if args.tiny else (QUICK if args.quick else FULL)
@@ -619,7 +420,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             e2e[n] >= 4.0,
         )
     if "memory" not in args.skip:
-        growth = bench_memory(cfg, report)
+        growth = bench_memory(report, cfg.memory_dim, cfg.batch, cfg.memory_ns, cfg.baseline_memory_ns)
         plot_memory(report.memory_rows, args.plot)
         last = max(cfg.memory_ns)
         report.verdict(
@@ -628,7 +429,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             None if growth is None else growth <= 1.2,
         )
     if "sync" not in args.skip:
-        passed, measured = bench_sync(cfg, report)
+        passed, measured = bench_sync(report, cfg.sync_dim, cfg.sync_ns)
         report.verdict("sync bytes per rank independent of N and <= the state's size", measured, passed)
 
     gpu_note = (
@@ -657,12 +458,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parts = [
         "## Machine and run",
         "",
-        "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in machine),
+        *markdown_table(["", ""], machine),
         "",
         "## Targets",
         "",
-        "| target | measured | verdict |\n|---|---|---|\n"
-        + "\n".join(f"| {t} | {m} | **{v}** |" for t, m, v in report.verdicts),
+        *markdown_table(["target", "measured", "verdict"], [[t, m, f"**{v}**"] for t, m, v in report.verdicts]),
         "",
         gpu_note,
         "",
@@ -671,9 +471,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         "",
         "\n\n".join(report.sections),
         "",
-        f"![Peak memory against N]({os.path.basename(args.plot)})" if "memory" not in args.skip else "",
+        f"![Peak memory against N]({args.plot.name})" if "memory" not in args.skip else "",
     ]
-    write_results(args.results, "\n".join(parts))
+    write_block(args.results, "\n".join(parts), "benchmark")
     print(f"wrote {args.results} in {elapsed:.0f} s", flush=True)
     return 0
 

@@ -25,6 +25,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from common import common_direction, near_direction
 
 WRAPPED = (
     "all_reduce",
@@ -114,9 +115,8 @@ def _worker(rank: int, world: int, port: int, ns: list[int], dim: int, batch: in
         counter = ByteCounter()
         counter.install()
         generator = torch.Generator().manual_seed(rank)
-        direction = torch.randn(dim, generator=torch.Generator().manual_seed(0))
-        noise = [0.03 * torch.randn(batch, dim, generator=generator) for _ in range(6)]
-        pool = [torch.nn.functional.normalize(direction / dim**0.5 + part, dim=1) for part in noise]
+        direction = common_direction(dim)
+        pool = [near_direction(direction, batch, generator) for _ in range(6)]
         for n in ns:
             _one_sync(MutualInformationDivergence(feature=dim, eps=5e-4), counter, pool, rank, world, n, batch, out_dir)
     finally:
