@@ -1,13 +1,18 @@
-"""Argument, count and state rules (mid_metric._checks): each accepts what it should and names what it refuses."""
+"""The rules of mid_metric._checks, by subject: each accepts what it should and names what it refuses."""
 
 from __future__ import annotations
 
+import ast
 import math
+import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from mid_metric import _checks, moments
+from mid_metric._checks import arguments, batches, results, states
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -84,3 +89,53 @@ def test_feature_dims_and_flags():
 def test_finite_result():
     with pytest.raises(ValueError, match=r"MID is not finite \(1 of 1 values\)"):
         _checks.check_finite_result(torch.tensor(math.nan), "MID")
+
+
+def test_every_rule_lives_in_one_module_and_the_package_re_exports_it():
+    defined: dict[str, str] = {}
+    for module in (arguments, batches, results, states):
+        for node in ast.parse(Path(module.__file__).read_text()).body:
+            names = [node.name] if isinstance(node, ast.FunctionDef) else []
+            names += [target.id for target in getattr(node, "targets", []) if isinstance(target, ast.Name)]
+            for name in (name for name in names if not name.startswith("_")):
+                assert name not in defined, f"{name} is defined in {defined[name]} and {module.__name__}"
+                defined[name] = module.__name__
+    assert set(_checks.__all__) == set(defined)
+    for name, module in defined.items():
+        assert getattr(_checks, name) is getattr(sys.modules[module], name)
+
+
+@pytest.mark.parametrize(
+    ("check", "zero_ok"), [(_checks.check_eps, True), (lambda v: _checks.check_positive_number(v, "eps"), False)]
+)
+def test_finite_number_rules(check, zero_ok):
+    bound = ">= 0" if zero_ok else "> 0"
+    assert check(2) == 2.0 and isinstance(check(2), float)
+    if zero_ok:
+        assert check(0) == 0.0
+    for bad in (-1.0, math.nan, math.inf, *(() if zero_ok else (0, 0.0))):
+        with pytest.raises(ValueError, match=f"`eps` must be a finite number {bound}"):
+            check(bad)
+    for bad in (True, "1", None, torch.tensor(1.0)):
+        with pytest.raises(TypeError, match=f"`eps` must be a number {bound}"):
+            check(bad)
+
+
+def test_records_to_combine_must_all_be_equal():
+    record = _checks.state_format(3, 4)
+    assert torch.equal(_checks.same_state_format(record), record)  # one record: nothing to compare
+    assert torch.equal(_checks.same_state_format(torch.stack([record] * 3)), record)
+    settings = torch.tensor([[2.5, 1.0]] * 2, dtype=torch.float64)
+    assert _checks.same_settings(settings).tolist() == [2.5, 1.0]
+    with pytest.raises(ValueError, match="different settings"):
+        _checks.same_settings(torch.stack([settings[0], settings[0], torch.tensor([2.5, 2.0], dtype=torch.float64)]))
+
+
+def test_sums_state_count_rule():
+    good = torch.tensor([2.0, 1.5, -2.0], dtype=torch.float64)
+    assert _checks.check_sums_state(good, "sums", 3, 1.0) is good
+    for count in (-1.0, 0.5, 2.0**53 + 2):
+        with pytest.raises(
+            ValueError, match=re.escape(f"`sums` has a pair count of {count:g}; a count must be a whole number")
+        ):
+            _checks.check_sums_state(good.clone().index_fill(0, torch.tensor([0]), count), "sums", 3, 1.0)
