@@ -22,27 +22,34 @@ its tables between ``<!-- BEGIN companions -->`` and ``<!-- END companions -->``
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import (  # noqa: E402
+    add_results_flag,
+    add_size_flags,
+    cpu_model,
+    markdown_section,
+    reset_peak_rss,
+    run_for_json,
+    status_kib,
+    utc_now,
+    verdict_word,
+    write_block,
+)
 from official_companions import TWINS  # noqa: E402
 
 from mid_metric import CLIPRPrecision, CLIPScore, InfoNCE  # noqa: E402
-
-BEGIN, END = "<!-- BEGIN companions -->", "<!-- END companions -->"
 
 NOTES = """### Notes
 
@@ -128,40 +135,24 @@ def run_official(names: list[str], data: tuple[torch.Tensor, ...], seed: int = 0
 
 
 # ------------------------------------------------------------------------------------------ memory probe
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def probe(impl: str, names: list[str], m: int, dim: int) -> dict:
     """Feed and compute in this (fresh) process; return the peak RSS growth over the post-data baseline."""
     data = make_data(m, dim)
     run_ours(names, make_data(8, dim), dim) if impl == "ours" else run_official(names, make_data(8, dim))  # warm up
-    before = _status_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        reset = True
-    except OSError:
-        reset = False
+    before = status_kib("VmRSS")
+    reset = reset_peak_rss()
     start = time.perf_counter()
     values = run_ours(names, data, dim) if impl == "ours" else run_official(names, data)
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM") if reset else max(_status_kib("VmHWM"), before)
+    peak = status_kib("VmHWM") if reset else max(status_kib("VmHWM"), before)
     return {"impl": impl, "metrics": names, "m": m, "growth_bytes": (peak - before) * 1024, "seconds": seconds,
             "values": values, "peak_reset": reset}  # fmt: skip
 
 
 def run_probe(impl: str, metric: str, m: int, dim: int) -> Optional[dict]:
     command = [sys.executable, os.path.abspath(__file__), "--probe", impl, metric, str(m), str(dim)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"  probe {impl} {metric} M={m} failed: {done.stderr.strip()[-300:]}")
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    found = run_for_json(command, f"  probe {impl} {metric} M={m}")
+    return found[-1] if found else None
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -171,30 +162,10 @@ def _fmt_bytes(count: float) -> str:
     return f"{count / 2**20:,.0f} MiB" if count < 2**30 else f"{count / 2**30:.2f} GiB"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def write_results(path: str, body: str) -> None:
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    text = open(path).read() if os.path.exists(path) else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (smoke test)")
-    parser.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="markdown file to update")
+    add_size_flags(parser, "small sizes, one repetition (smoke test)")
+    add_results_flag(parser)
     parser.add_argument("--probe", nargs=4, metavar=("IMPL", "METRIC", "M", "DIM"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.probe:
@@ -221,8 +192,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             memory_rows.append([f"{m:,}", metric.replace("+", " + "), *cells, ratio])
             print(f"memory M={m:,} {metric}: ours {cells[0]}, official {cells[1]}")
     sections.append(
-        f"### Peak memory (RSS growth in a fresh process), D = {cfg.dim}\n\n"
-        + _table(["M", "metric", "ours", "official (store-all)", "official / ours"], memory_rows)
+        markdown_section(
+            f"Peak memory (RSS growth in a fresh process), D = {cfg.dim}",
+            ["M", "metric", "ours", "official (store-all)", "official / ours"],
+            memory_rows,
+        )
     )
 
     # 2. and 3. time and agreement, interleaved in this process
@@ -249,21 +223,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                 detail = f"relative difference {abs(ours_v - official_v) / abs(official_v):.1e}"
             agreement_rows.append([f"{m:,}", name, f"{ours_v:.7g}", f"{official_v:.7g}", detail])
     sections.append(
-        f"### Time of all updates + compute(), D = {cfg.dim} (seconds, median of {cfg.reps}, interleaved)\n\n"
-        + _table(["M", "metric", "ours", "official (store-all)", "official / ours"], time_rows)
+        markdown_section(
+            f"Time of all updates + compute(), D = {cfg.dim} (seconds, median of {cfg.reps}, interleaved)",
+            ["M", "metric", "ours", "official (store-all)", "official / ours"],
+            time_rows,
+        )
     )
     sections.append(
-        "### Agreement with the official twins (same features)\n\n"
-        + _table(["M", "metric", "ours", "official", "comparison"], agreement_rows)
+        markdown_section(
+            "Agreement with the official twins (same features)",
+            ["M", "metric", "ours", "official", "comparison"],
+            agreement_rows,
+        )
     )
 
     # the target
     largest = max(cfg.sizes)
     growth = together_ours.get(largest)
     passed = None if growth is None else growth < TARGET_BYTES
-    verdict = "not measured" if growth is None else f"{_fmt_bytes(growth)} ({'PASS' if passed else 'FAIL'})"
+    verdict = "not measured" if growth is None else f"{_fmt_bytes(growth)} ({verdict_word(passed)})"
     target = f"R-precision + InfoNCE peak memory growth < 1.5 GB at M = {largest:,}, D = {cfg.dim}: {verdict}"
-    print(("[PASS] " if passed else "[FAIL] " if passed is False else "[----] ") + target)
+    print(f"[{verdict_word(passed)}] {target}")
 
     load_after = os.getloadavg()
     command = "python benchmarks/companions.py" + (" --quick" if args.quick else "")
@@ -271,9 +251,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         [
             "## Companion metrics (issue 12): CLIP-S, CLIP-R-Precision, InfoNCE against store-all twins",
             "",
-            f"Generated by `{command}` on {platform.processor() or platform.machine()},"
+            f"Generated by `{command}` on {cpu_model()},"
             f" {os.cpu_count()} logical cores, torch {torch.__version__},"
-            f" {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, load average"
+            f" {utc_now()} UTC, load average"
             f" {load_before[0]:.2f} / {load_after[0]:.2f} at start / end, {time.perf_counter() - started:.0f} s.",
             "",
             f"**Target:** {target}.",
@@ -285,7 +265,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             " this shared machine; compare the ratios, which are taken between runs interleaved in one process.",
         ]
     )
-    write_results(args.results, head + "\n\n" + "\n\n".join(sections) + "\n\n" + NOTES)
+    write_block(args.results, head + "\n\n" + "\n\n".join(sections) + "\n\n" + NOTES, "companions")
     print(f"wrote {args.results}")
     return 0
 
