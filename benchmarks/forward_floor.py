@@ -24,25 +24,14 @@ It prints a markdown block for ``benchmarks/RESULTS.md``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import time
-from typing import Callable
 
 import torch
+from common import cpu_model, median_seconds, utc_now
 
 from mid_metric import MutualInformationDivergence
-
-
-def _median_ms(fn: Callable[[], object], repeats: int) -> float:
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(samples)
 
 
 def main() -> None:
@@ -99,12 +88,12 @@ def main() -> None:
     for _ in range(args.rounds):  # in turns, so that all terms of a ratio see the same load
         update_ms.append(per_step_update_ms())
         for name, fn in kernels.items():
-            kernel_ms[name].append(_median_ms(fn, 30))
+            kernel_ms[name].append(1e3 * median_seconds(fn, 30))
     update = statistics.median(update_ms)
     print(
         f"## forward floor: exact batch scores at batch {batch} (D = {dim} per modality, J = {joint})\n\n"
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, {torch.get_num_threads()}"
-        f" torch threads, torch {torch.__version__}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"
+        f"{cpu_model()}, {os.cpu_count()} logical cores, {torch.get_num_threads()}"
+        f" torch threads, torch {torch.__version__}, {utc_now()}"
         f" UTC; medians of {args.rounds} rounds taken in turns in one process (`python"
         f" benchmarks/forward_floor.py --dim {dim}`).\n\n"
         f"`update(real=False)` per step of {batch} rows (staged, flushes included): {update:.3f} ms.\n\n"
