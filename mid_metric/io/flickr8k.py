@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from mid_metric.io.tables import text_lines
+
 __all__ = [
     "BENCHMARKS",
     "IMAGE_FOLDER",
@@ -166,17 +168,16 @@ def _check_file(path: Path) -> None:
 
 
 def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """Yield ``(line number, tab-separated fields)`` of each non-blank line, the line stripped first."""
+    """Yield ``(line number, tab-separated fields)`` of each non-blank line, the line stripped first.
+
+    The text rules are those of every table (:func:`~mid_metric.io.tables.text_lines`): UTF-8 with an optional
+    byte-order mark, LF, CR LF or CR line ends; there is no quoting.
+    """
     _check_file(path)
-    number = 0
-    try:
-        with open(path, encoding="utf-8-sig", newline=None) as handle:
-            for number, line in enumerate(handle, start=1):
-                text = line.strip()
-                if text:
-                    yield number, text.split("\t")
-    except UnicodeDecodeError:
-        raise Flickr8kError(f"{path}, line {number + 1}: not UTF-8 text.") from None
+    for number, line in enumerate(text_lines(path, Flickr8kError), start=1):
+        text = line.strip()
+        if text:
+            yield number, text.split("\t")
 
 
 def read_token_file(path: PathLike) -> tuple[dict[str, str], dict[str, list[str]]]:

@@ -2,8 +2,9 @@
 
 ``mid-metric correlate`` reads two tables: per-sample scores (the CSV that ``mid-metric score --per-sample`` and
 ``mid-metric benchmark --per-sample`` write, or any table with a key and numeric score columns) and human
-judgments (a key and a numeric rating column). Every row is kept with its line number, so that a bad value is
-reported as ``FILE, line N``.
+judgments (a key and a numeric rating column), read by the rules of :mod:`~mid_metric.io.tables` (RFC 4180
+quoting in CSV, none in TSV, as many cells as header columns, no repeated column or JSON key, UTF-8). Every row is
+kept with the line it starts on, so that a bad value is reported as ``FILE, line N``.
 
 The join:
 
@@ -19,24 +20,19 @@ Nothing here imports numpy, torch or scipy.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from mid_metric.io.jsonl import json_objects
+from mid_metric.io.tables import Table, check_input_file, read_table_rows
 
 __all__ = ["JudgmentsError", "Table", "JoinedTable", "read_table", "join_on_key", "MAX_KEYS_SHOWN"]
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-_DELIMITERS = {".csv": ",", ".tsv": "\t"}
-
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 #: How many missing keys an error message shows.
 MAX_KEYS_SHOWN = 5
@@ -44,24 +40,6 @@ MAX_KEYS_SHOWN = 5
 
 class JudgmentsError(ValueError):
     """A scores or judgments table cannot be used; the message names the file and, where it applies, the line."""
-
-
-@dataclass(frozen=True)
-class Table:
-    """The rows of a CSV/TSV/JSONL table.
-
-    Attributes:
-        source: The file.
-        columns: The column names (of the header, or of the first JSON object).
-        rows: ``(line number, record)`` per data row, in file order.
-    """
-
-    source: Path
-    columns: tuple[str, ...]
-    rows: tuple[tuple[int, dict[str, Any]], ...]
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
 
 @dataclass(frozen=True)
@@ -88,35 +66,6 @@ class JoinedTable:
         return len(self.keys)
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise JudgmentsError(f"{what} file {str(path)!r} does not exist.")
-    if path.is_dir():
-        raise JudgmentsError(f"{what} file {str(path)!r} is a folder, not a file.")
-
-
-def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter)
-        columns = list(reader.fieldnames or [])
-        if not columns:
-            raise JudgmentsError(f"{path} is empty: a header row with the column names is needed.")
-        for record in reader:
-            if None in record:  # more cells than header columns
-                raise JudgmentsError(
-                    f"{path}, line {reader.line_num}: {len(columns) + len(record[None])} cells, but the header has"
-                    f" {len(columns)} columns."
-                )
-            yield reader.line_num, record, columns
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
-    columns: list[str] = []
-    for line_number, record in json_objects(path, JudgmentsError):
-        columns = columns or list(record)
-        yield line_number, record, columns
-
-
 def read_table(path: PathLike, what: str = "Table") -> Table:
     r"""Read a CSV (``.csv``), TSV (``.tsv``) or JSON Lines (``.jsonl``, ``.ndjson``) table with line numbers.
 
@@ -125,7 +74,9 @@ def read_table(path: PathLike, what: str = "Table") -> Table:
         what: What the file is, for the messages (``"Scores"``, ``"Judgments"``).
 
     Raises:
-        JudgmentsError: If the file is missing, of another type, not UTF-8, malformed, or holds no rows.
+        JudgmentsError: If the file is missing, of another type, holds no rows, or breaks a rule of
+            :mod:`~mid_metric.io.tables` (a row with more or fewer cells than the header, a bad quote, a repeated
+            column or JSON key, bytes that are not UTF-8); the message names the file and the line.
 
     Example:
         >>> import tempfile
@@ -136,29 +87,11 @@ def read_table(path: PathLike, what: str = "Table") -> Table:
         (('id', 'rating'), (3, {'id': 'b', 'rating': '4'}))
     """
     source = Path(path)
-    _check_file(source, what)
-    suffix = source.suffix.lower()
-    if suffix in _DELIMITERS:
-        rows = _csv_rows(source, _DELIMITERS[suffix])
-    elif suffix in _JSONL_SUFFIXES:
-        rows = _jsonl_rows(source)
-    else:
-        raise JudgmentsError(
-            f"{source}: unsupported table type {suffix or '(no suffix)'!r}; use .csv, .tsv, .jsonl or .ndjson."
-        )
-    found: list[tuple[int, dict[str, Any]]] = []
-    columns: list[str] = []
-    try:
-        for line, record, names in rows:
-            found.append((line, record))
-            columns = names
-    except UnicodeDecodeError:
-        raise JudgmentsError(f"{source} is not UTF-8 text.") from None
-    except csv.Error as err:
-        raise JudgmentsError(f"{source} is not a valid CSV file ({err}).") from None
-    if not found:
+    check_input_file(source, f"{what} file", JudgmentsError)
+    table = read_table_rows(source, JudgmentsError)
+    if not table.rows:
         raise JudgmentsError(f"{source} holds no rows.")
-    return Table(source, tuple(columns), tuple(found))
+    return table
 
 
 def _check_columns(table: Table, names: Sequence[str], option: str) -> None:

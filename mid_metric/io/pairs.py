@@ -1,10 +1,11 @@
 """Reading (image, caption) pair files and precomputed feature files, and writing output files atomically.
 
 A *pairs file* is a CSV (``.csv``, or ``.tsv`` with tabs) or JSON Lines (``.jsonl``/``.ndjson``) file with one
-pair per row: an image path column (default ``image``) and a caption column (default ``caption``). Image paths
-are relative to the pairs file unless absolute. For captioning, the caption column can be a generated-caption
-column, so the same file gives the reference pairs (image, human caption) and the candidates (image, generated
-caption).
+pair per row: an image path column (default ``image``) and a caption column (default ``caption``). It is read by
+the rules of :mod:`~mid_metric.io.tables` (RFC 4180 quoting in CSV, none in TSV, as many cells as header columns,
+no repeated column or JSON key, UTF-8). Image paths are relative to the pairs file unless absolute. For
+captioning, the caption column can be a generated-caption column, so the same file gives the reference pairs
+(image, human caption) and the candidates (image, generated caption).
 
 A *features file* (``.safetensors`` or ``.npz``) holds two 2-D arrays with one row per pair, ``image_features``
 and ``text_features``, so that MID can be computed without CLIP. ``.npz`` files are read with
@@ -15,9 +16,7 @@ Nothing here imports PIL, transformers or numpy at module import time.
 
 from __future__ import annotations
 
-import csv
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -25,7 +24,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-from mid_metric.io.jsonl import json_objects
+from mid_metric.io.tables import check_input_file, read_table_rows, table_format
 
 __all__ = [
     "PairsError",
@@ -46,12 +45,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 FEATURE_SUFFIXES = (".safetensors", ".npz")
 
 
-_CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-
-
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
-
-
 IMAGE_FEATURES_KEY = "image_features"
 
 
@@ -67,7 +60,7 @@ class Pair:
     """One (image, caption) pair of a pairs file.
 
     Attributes:
-        row: 1-based number of the pair among the file's data rows (the CSV header is not counted).
+        row: 1-based number of the pair among the file's data rows (the CSV header and blank lines are not counted).
         image: The image path as written in the file.
         image_path: The resolved path of the image.
         caption: The caption.
@@ -114,39 +107,6 @@ def is_features_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in FEATURE_SUFFIXES
 
 
-def _check_exists(path: Path, what: str) -> None:
-    if not path.exists():
-        raise PairsError(f"{what} {str(path)!r} does not exist.")
-    if path.is_dir():
-        raise PairsError(f"{what} {str(path)!r} is a directory, not a file.")
-
-
-def _iter_rows(path: Path) -> Iterator[tuple[int, dict[str, Any], list[str]]]:
-    """Yield ``(row number, record, column names)`` for each data row of a CSV/TSV/JSONL file."""
-    suffix = path.suffix.lower()
-    try:
-        if suffix in _CSV_SUFFIXES:
-            with open(path, newline="", encoding="utf-8-sig") as handle:
-                reader = csv.DictReader(handle, delimiter=_CSV_SUFFIXES[suffix])
-                columns = list(reader.fieldnames or [])
-                if not columns:
-                    raise PairsError(f"{path} is empty: a header row with the column names is needed.")
-                for number, record in enumerate(reader, start=1):
-                    yield number, record, columns
-        elif suffix in _JSONL_SUFFIXES:
-            for number, (_, record) in enumerate(json_objects(path, PairsError), start=1):
-                yield number, record, list(record)
-        else:
-            raise PairsError(
-                f"{path}: unsupported pairs file type {suffix or '(no suffix)'!r}; use .csv, .tsv, .jsonl or .ndjson"
-                f" pairs, or a {' / '.join(FEATURE_SUFFIXES)} features file."
-            )
-    except UnicodeDecodeError:
-        raise PairsError(f"{path} is not UTF-8 text.") from None
-    except csv.Error as err:
-        raise PairsError(f"{path} is not a valid CSV file ({err}).") from None
-
-
 def read_pairs(
     path: PathLike,
     image_column: str = "image",
@@ -167,8 +127,10 @@ def read_pairs(
         The pairs in file order. Image paths are resolved relative to the file; their existence is not checked.
 
     Raises:
-        PairsError: If the file is missing or unreadable, a column is missing, or a row has an empty image path
-            or an empty caption.
+        PairsError: If the file is missing or unreadable, breaks a rule of :mod:`~mid_metric.io.tables` (a row
+            with more or fewer cells than the header, a bad quote, a repeated column, bytes that are not UTF-8), a
+            column is missing, or a row has an empty image path or an empty caption. The message names the file
+            and the line.
 
     Example:
         >>> import tempfile
@@ -179,24 +141,32 @@ def read_pairs(
         ('a red square', True)
     """
     source = Path(path)
-    _check_exists(source, "Pairs file")
+    check_input_file(source, "Pairs file", PairsError)
+    kind = table_format(source)
+    if kind is None:
+        raise PairsError(
+            f"{source}: unsupported pairs file type {source.suffix.lower() or '(no suffix)'!r}; use .csv, .tsv, .jsonl"
+            f" or .ndjson pairs, or a {' / '.join(FEATURE_SUFFIXES)} features file."
+        )
+    table = read_table_rows(source, PairsError)
     base = source.resolve().parent
     pairs = []
-    for number, record, columns in _iter_rows(source):
+    for number, (line, record) in enumerate(table.rows, start=1):
+        where = f"{source}, line {line} (row {number})"
         for column, option in ((image_column, image_option), (caption_column, caption_option)):
-            if column not in record:
-                found = ", ".join(repr(c) for c in columns) or "none"
-                where = "" if source.suffix.lower() in _CSV_SUFFIXES else f", row {number}"
+            if column not in record:  # a JSON object has its own keys; a CSV/TSV row has the header's columns
+                found = ", ".join(repr(c) for c in (record if kind == "jsonl" else table.columns)) or "none"
                 raise PairsError(
-                    f"{source}{where}: no column {column!r} (columns found: {found}); choose the column with {option}."
+                    f"{where if kind == 'jsonl' else source}: no column {column!r} (columns found: {found}); choose"
+                    f" the column with {option}."
                 )
         image, caption = record[image_column], record[caption_column]
         if not isinstance(image, str) or not image.strip():
-            raise PairsError(f"{source}, row {number}: empty image path in column {image_column!r}.")
+            raise PairsError(f"{where}: empty image path in column {image_column!r}.")
         if caption is None or not isinstance(caption, str):
-            raise PairsError(f"{source}, row {number}: the caption in column {caption_column!r} is not text.")
+            raise PairsError(f"{where}: the caption in column {caption_column!r} is not text.")
         if not caption.strip():
-            raise PairsError(f"{source}, row {number}: empty caption in column {caption_column!r}.")
+            raise PairsError(f"{where}: empty caption in column {caption_column!r}.")
         image_path = Path(image.strip()).expanduser()
         if not image_path.is_absolute():
             image_path = base / image_path
@@ -247,7 +217,7 @@ def read_features(path: PathLike) -> FeaturePairs:
         (3, (3, 2))
     """
     source = Path(path)
-    _check_exists(source, "Features file")
+    check_input_file(source, "Features file", PairsError)
     suffix = source.suffix.lower()
     arrays: dict[str, Any]
     try:
@@ -287,10 +257,13 @@ def read_features(path: PathLike) -> FeaturePairs:
 
 
 def load_image(pair: Pair, source: Path) -> Any:
-    """Open and fully decode the image of ``pair`` as an RGB PIL image.
+    """Open and fully decode the image of ``pair``, as a PIL image in the mode of its file.
 
-    PIL's guard against decompression bombs stays on: an image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS``
-    pixels is refused like a corrupt one.
+    The mode is kept (palette, RGBA, CMYK, 16-bit, ...): the feature extractor brings the image to 8 bits and
+    converts it to RGB where its pipeline says (OpenAI's resizes first and converts after the crop), as it would an
+    image opened by the caller. The whole image is decoded here, so a truncated file fails at load time. PIL's guard
+    against decompression bombs stays on: an image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels is
+    refused like a corrupt one.
 
     Raises:
         PairsError: If the image is missing, unreadable, corrupt or too large; the message names the file and the
@@ -303,7 +276,8 @@ def load_image(pair: Pair, source: Path) -> Any:
         raise PairsError(f"{where}: image {str(pair.image_path)!r} does not exist.")
     try:
         with Image.open(pair.image_path) as image:
-            return image.convert("RGB")  # convert() decodes the whole image, so truncated files fail here
+            image.load()  # decodes the whole image, so truncated files fail here
+            return image.copy()  # in memory, in the file's mode, with its palette; the file is closed on return
     except Image.DecompressionBombError as err:
         raise PairsError(
             f"{where}: image {str(pair.image_path)!r} is refused as a possible decompression bomb ({_first_line(err)})."
