@@ -156,8 +156,10 @@ def check_cmmd_arguments(
     )
 
 
-def check_cmmd_counts(real_count: int, generated_count: int, unbiased: bool) -> None:
+def check_cmmd_counts(real_count: int, generated_count: int, unbiased: bool, hint: str = "") -> None:
     """Check that both sets have enough rows: 1 each, or 2 each for the unbiased estimator.
+
+    ``hint`` is appended to the message (the metric class says how to add images).
 
     Raises:
         ValueError: If one has too few.
@@ -172,7 +174,7 @@ def check_cmmd_counts(real_count: int, generated_count: int, unbiased: bool) -> 
     what = "The unbiased CMMD" if unbiased else "CMMD"
     for name, count in (("real", real_count), ("generated", generated_count)):
         if count < minimum:
-            raise ValueError(f"{what} needs at least {minimum} {name} image(s), got {count}.")
+            raise ValueError(f"{what} needs at least {minimum} {name} image(s), got {count}{hint}.")
 
 
 def cmmd(
