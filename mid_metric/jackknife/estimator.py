@@ -1,25 +1,15 @@
-r"""Grouped jackknife of the bias-corrected MID: an estimate that does not drift with ``N`` for non-Gaussian features.
+"""The jackknife estimator: leave-one-group-out Gaussian-corrected MIDs, their combination and its t interval.
 
-The Gaussian correction (:mod:`mid_metric.wishart`) is exact when the reference is Gaussian. On other features a
-bias of order ``1/N`` remains (heavier tails make the sample covariance noisier than a Wishart's). The
-delete-a-group jackknife removes it without a model of the features:
-
-* every row gets one of ``K`` groups from a hash of its content (:func:`row_groups`), so the assignment depends on
-  neither batching, order nor the number of processes; each group keeps its own packed moments
-  (:func:`accumulate_groups_`), and their merge is the full state;
-* the Gaussian-corrected MID ``t`` of the full sample and ``t_k`` of each leave-one-group-out sample (group ``k``
-  dropped from the reference *and* the candidates) are combined with the reference fractions ``f_k = n_k / N``
-  (:func:`jackknife_combine`): ``t_J = G t - sum_k (1 - f_k) t_k``, with a distribution-free standard error from the
-  spread of the pseudo-values ``h_k t - (h_k - 1) t_k``, ``h_k = 1 / f_k``.
-
-``docs/bias_correction.md`` (section 5) derives it and gives the measured bias, spread and coverage.
+The Gaussian-corrected MID ``t`` of the full sample and ``t_k`` of each leave-one-group-out sample (group ``k``
+dropped from the reference *and* the candidates, :mod:`mid_metric.jackknife.grouping`) are combined with the
+reference fractions ``f_k = n_k / N`` (:func:`jackknife_combine`): ``t_J = G t - sum_k (1 - f_k) t_k``, with a
+distribution-free standard error from the spread of the pseudo-values ``h_k t - (h_k - 1) t_k``, ``h_k = 1 / f_k``,
+and an interval from Student's t with ``G - 1`` degrees of freedom (:func:`two_sided_t_quantile`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import MutableSequence
 from typing import NamedTuple, Optional
 
 import torch
@@ -28,21 +18,10 @@ from torch import Tensor
 from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
 from mid_metric.gaussian import block_traces, candidate_scatter, reference_from_moments
+from mid_metric.jackknife.grouping import leave_one_out, merge_groups
 from mid_metric.result import MIDResult
 
 __all__ = [
-    "GROUP_KEYS",
-    "DEFAULT_GROUPS",
-    "check_num_groups",
-    "check_key",
-    "row_hashes",
-    "row_groups",
-    "empty_group_moments",
-    "accumulate_groups_",
-    "group_moments",
-    "merge_groups",
-    "reduce_group_states",
-    "leave_one_out",
     "jackknife_combine",
     "two_sided_t_quantile",
     "JackknifeEstimates",
@@ -51,271 +30,7 @@ __all__ = [
     "jackknife_mutual_information",
 ]
 
-#: Which part of a row ``z = [x; y]`` decides its group: the text (default), the image, or both.
-GROUP_KEYS = ("text", "image", "joint")
 
-#: Default number of groups ``K`` (docs/bias_correction.md, section 5, has the evidence for it).
-DEFAULT_GROUPS = 10
-
-# -------------------------------------------------------------------------------------------- row hashing
-# The hash works on the top 32 bits of each float64 value (sign, exponent and 20 mantissa bits), with products below
-# 2^63: integer arithmetic is exact and identical on every device. Modulus: the Mersenne prime p = 2^31 - 1, so a
-# product reduces modulo p with a mask, a shift and an add (x = (x & p) + (x >> 31) mod p), without a division.
-_PRIME = 2**31 - 1
-_MASK32 = 0xFFFFFFFF
-
-
-def _splitmix64(state: int) -> tuple[int, int]:
-    state = (state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-    mixed = state
-    mixed = ((mixed ^ (mixed >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    mixed = ((mixed ^ (mixed >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return state, mixed ^ (mixed >> 31)
-
-
-@functools.lru_cache(maxsize=16)
-def _coefficients_list(dim: int) -> tuple[int, ...]:
-    """``dim`` fixed pseudo-random multipliers in ``[1, p)``, from a seeded splitmix64 (device-independent)."""
-    state, out = 20240515, []
-    for _ in range(dim):
-        state, value = _splitmix64(state)
-        out.append(1 + value % (_PRIME - 1))
-    return tuple(out)
-
-
-@functools.lru_cache(maxsize=16)
-def _coefficients(dim: int, device: torch.device) -> Tensor:
-    return torch.tensor(_coefficients_list(dim), dtype=torch.int64, device=device)
-
-
-def _mix(h: Tensor) -> Tensor:
-    """A bijective scramble of ``[0, p)`` (xor-shifts and multiplications modulo ``p``), so nearby sums spread out."""
-    for multiplier in (1_103_515_245, 1_597_334_677):
-        h = h ^ (h >> 15)  # stays in [0, 2^31)
-        h = (h * multiplier) % _PRIME  # product < 2^62
-    return h
-
-
-def row_hashes(rows: Tensor) -> Tensor:
-    """Return a hash in ``[0, 2^31 - 1)`` of each row's values, the same on every device and for every batching.
-
-    The rows are cast to float64 (exact for float16, bfloat16 and float32, so a row hashes the same whatever its
-    dtype) and ``-0.0`` counts as ``0.0``. With ``u_j`` the top 32 bits of value ``j`` (sign, exponent and 20
-    mantissa bits, about 6 significant digits), ``h = mix(sum_j (a_j u_j mod p)) mod p`` with fixed multipliers
-    ``a_j`` and ``p = 2^31 - 1``: integer arithmetic without overflow, so CPU and CUDA agree bit for bit. Rows that
-    agree to 6 digits in every coordinate share a hash, which is harmless for a grouping.
-
-    Args:
-        rows: ``(B, D)`` floating tensor.
-
-    Returns:
-        ``(B,)`` int64 tensor on the rows' device.
-
-    Example:
-        >>> rows = torch.tensor([[0.5, -1.0], [0.0, 2.0]])
-        >>> torch.equal(row_hashes(rows), row_hashes(rows.double()[[1, 0]]).flip(0))  # dtype and order free
-        True
-        >>> torch.equal(row_hashes(torch.tensor([[-0.0, 2.0]])), row_hashes(torch.tensor([[0.0, 2.0]])))
-        True
-    """
-    values = (rows.to(torch.float64) + 0.0).contiguous()  # a new tensor; -0.0 + 0.0 is +0.0
-    top = values.view(torch.int64) >> 32  # arithmetic shift: in [-2^31, 2^31)
-    top.bitwise_and_(_MASK32).mul_(_coefficients(rows.shape[1], top.device))  # [0, 2^32) x [1, 2^31): < 2^63
-    carry = top >> 31
-    terms = top.bitwise_and_(_PRIME).add_(carry)  # congruent to the product mod p, below 2^33
-    return _mix(terms.sum(dim=1) % _PRIME)
-
-
-def check_num_groups(num_groups: object, name: str = "num_groups") -> int:
-    """Validate a number of jackknife groups (an int from 2 to 1000) and return it; errors name ``name``.
-
-    Example:
-        >>> check_num_groups(10)
-        10
-    """
-    if isinstance(num_groups, bool) or not isinstance(num_groups, int):
-        raise TypeError(f"`{name}` must be an int, got {num_groups!r}.")
-    if not 2 <= num_groups <= 1000:
-        raise ValueError(f"`{name}` must be between 2 and 1000, got {num_groups}.")
-    return num_groups
-
-
-def check_key(key: object, name: str = "key") -> str:
-    """Validate a group key (one of :data:`GROUP_KEYS`) and return it; errors name ``name``.
-
-    Example:
-        >>> check_key("image")
-        'image'
-    """
-    if not isinstance(key, str) or key not in GROUP_KEYS:
-        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, GROUP_KEYS))}, got {key!r}.")
-    return key
-
-
-def row_groups(rows: Tensor, image_dim: int, num_groups: int, key: str = "text") -> Tensor:
-    """Return the jackknife group of each joint row ``z = [x; y]``: a hash of its text, image or both, mod ``K``.
-
-    The group depends on the row's values only, so any batching, order or split across processes gives each row
-    the same group. Hash the modality that candidates share with the reference: ``"text"`` for text-to-image (the
-    generated images are scored with the reference's own captions) and ``"image"`` for captioning. A reference row
-    and the candidate row that reuses its caption (or image) then always fall in the same group, so every
-    leave-one-group-out subset of the candidates still shares the rows of its reference subset. Rows with the same
-    key (one image with five captions, one prompt with several images) share a group, as a grouped jackknife allows.
-
-    Args:
-        rows: Joint rows ``(B, Dx + Dy)`` (:func:`mid_metric.moments.joint_rows`).
-        image_dim: ``Dx``: the leading ``Dx`` columns are image features.
-        num_groups: ``K``, between 2 and 1000.
-        key: ``"text"``, ``"image"`` or ``"joint"``: what is hashed.
-
-    Returns:
-        ``(B,)`` int64 tensor of groups in ``[0, K)``.
-
-    Raises:
-        TypeError: If ``num_groups`` is not an int.
-        ValueError: If ``num_groups`` is out of range or ``key`` is unknown.
-
-    Example:
-        >>> x, y = torch.randn(6, 2), torch.randn(6, 3)
-        >>> reference = row_groups(moments.joint_rows(x, y), 2, num_groups=4)
-        >>> generated = row_groups(moments.joint_rows(torch.randn(6, 2), y), 2, num_groups=4)  # same captions
-        >>> torch.equal(reference, generated)
-        True
-    """
-    num_groups = check_num_groups(num_groups)
-    key = check_key(key)
-    part = {"text": rows[:, image_dim:], "image": rows[:, :image_dim], "joint": rows}[key]
-    return row_hashes(part) % num_groups
-
-
-# --------------------------------------------------------------------------------------------- group states
-def empty_group_moments(num_groups: int, dim: int, device: torch.device | str | None = None) -> Tensor:
-    """Return ``K`` empty packed moments states, shape ``(K, (D + 1)^2)`` float64.
-
-    Example:
-        >>> empty_group_moments(3, 2).shape
-        torch.Size([3, 9])
-    """
-    return torch.zeros(check_num_groups(num_groups), moments.packed_size(dim), dtype=torch.float64, device=device)
-
-
-def accumulate_groups_(
-    grouped: Tensor, rows: Tensor, groups: Tensor, batches_seen: Optional[MutableSequence[int]] = None
-) -> Tensor:
-    """Add a batch of joint rows to the packed moments of their groups, in place.
-
-    Rows are sorted by group and each group's slice goes through :func:`mid_metric.moments.accumulate_batch_` (or
-    :func:`~mid_metric.moments.accumulate_` when ``batches_seen`` is ``None``), so the flops are those of one
-    update of the whole batch. Reading the group sizes costs one host synchronisation per batch on CUDA.
-
-    Args:
-        grouped: ``(K, (D + 1)^2)`` float64 states, contiguous.
-        rows: ``(B, D)`` joint rows.
-        groups: ``(B,)`` groups from :func:`row_groups`.
-        batches_seen: Per-group batch counters for the recentring schedule, incremented in place for every group
-            this batch reaches (the metric keeps them on the host).
-
-    Returns:
-        ``grouped``, updated.
-
-    Example:
-        >>> z = torch.randn(20, 3, dtype=torch.float64)
-        >>> groups = row_groups(z, 1, num_groups=4)
-        >>> state = accumulate_groups_(empty_group_moments(4, 3), z, groups)
-        >>> torch.allclose(merge_groups(state)[0:4], moments.from_features(z)[0:4])  # count and mean
-        True
-    """
-    if rows.shape[0] == 0:
-        return grouped
-    num_groups = grouped.shape[0]
-    order = torch.argsort(groups, stable=True)
-    sizes = torch.bincount(groups, minlength=num_groups).tolist()
-    if len(sizes) != num_groups:
-        raise ValueError(f"`groups` must lie in [0, {num_groups}), got a group {len(sizes) - 1}.")
-    for group, part in enumerate(torch.split(rows[order], sizes)):
-        if part.shape[0] == 0:
-            continue
-        if batches_seen is None:
-            moments.accumulate_(grouped[group], part)
-        else:
-            batches_seen[group] += 1
-            moments.accumulate_batch_(grouped[group], part, batches_seen[group])
-    return grouped
-
-
-def group_moments(rows: Tensor, image_dim: int, num_groups: int, key: str = "text") -> Tensor:
-    """Return the ``(K, (D + 1)^2)`` packed moments of a whole matrix of joint rows, one state per group.
-
-    Example:
-        >>> z = torch.randn(30, 4, dtype=torch.float64)
-        >>> group_moments(z, 2, num_groups=5)[:, 0].sum().item()  # counts add up to N
-        30.0
-    """
-    grouped = empty_group_moments(num_groups, rows.shape[1], device=rows.device)
-    return accumulate_groups_(grouped, rows.to(torch.float64), row_groups(rows, image_dim, num_groups, key))
-
-
-def merge_groups(grouped: Tensor) -> Tensor:
-    """Return the full packed state: the exact merge (:func:`mid_metric.moments.merge`) of the ``K`` group states.
-
-    Example:
-        >>> z = torch.randn(30, 2, dtype=torch.float64)
-        >>> full = merge_groups(group_moments(z, 1, num_groups=3))
-        >>> all(torch.allclose(a, b) for a, b in zip(moments.mean_and_scatter(full),
-        ...                                          moments.mean_and_scatter(moments.from_features(z))))
-        True
-    """
-    return moments.merge(grouped).clone() if grouped.shape[0] == 1 else moments.merge(grouped)
-
-
-def reduce_group_states(stacked: Tensor) -> Tensor:
-    """Merge group states of several processes or metric copies, stacked ``(W, K, P)``, group by group: ``(K, P)``.
-
-    This is the ``dist_reduce_fx`` shape of a ``(K, P)`` state. A ``(K, P)`` input is returned as it is.
-
-    Example:
-        >>> z = torch.randn(40, 2, dtype=torch.float64)
-        >>> parts = torch.stack([group_moments(z[:15], 1, 4), group_moments(z[15:], 1, 4)])
-        >>> torch.allclose(reduce_group_states(parts)[:, 0], group_moments(z, 1, 4)[:, 0])  # counts per group
-        True
-    """
-    if stacked.ndim == 2:
-        return stacked
-    return torch.stack([moments.merge(stacked[:, group]) for group in range(stacked.shape[1])])
-
-
-def leave_one_out(full: Tensor, part: Tensor) -> Tensor:
-    """Return the packed moments of the rows of ``full`` that are not in ``part`` (one group's state).
-
-    ``part`` is moved to ``full``'s shift (:func:`mid_metric.moments.moved_sums`) and subtracted. The result keeps
-    ``(K - 1) / K`` of the rows, so the subtraction loses no more than rounding: its error is ``eps`` times the
-    full sums, as for the sums themselves.
-
-    Args:
-        full: The full packed state (:func:`merge_groups`).
-        part: One group's packed state.
-
-    Example:
-        >>> a, b = torch.randn(7, 2, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
-        >>> full = moments.merge(torch.stack([moments.from_features(a), moments.from_features(b)]))
-        >>> rest = leave_one_out(full, moments.from_features(b))
-        >>> all(torch.allclose(r, w) for r, w in zip(moments.mean_and_scatter(rest),
-        ...                                          moments.mean_and_scatter(moments.from_features(a))))
-        True
-    """
-    fields = moments.unpack(full)
-    part_fields = moments.unpack(part)
-    moved_sum, moved_outer = moments.moved_sums(*part_fields, fields.shift)
-    rest = torch.empty_like(full)
-    rest_fields = moments.unpack(rest)
-    rest_fields.count.copy_(fields.count - part_fields.count)
-    rest_fields.shift.copy_(fields.shift)
-    torch.sub(fields.shifted_sum, moved_sum, out=rest_fields.shifted_sum)
-    torch.sub(fields.shifted_outer_sum, moved_outer, out=rest_fields.shifted_outer_sum)
-    return rest
-
-
-# ------------------------------------------------------------------------------------------ the combination
 def jackknife_combine(full: Tensor, left_out: Tensor, fractions: Tensor) -> tuple[Tensor, Tensor]:
     r"""Combine a statistic and its leave-one-group-out values: the delete-a-group jackknife for unequal groups.
 
@@ -354,28 +69,10 @@ def jackknife_combine(full: Tensor, left_out: Tensor, fractions: Tensor) -> tupl
     return estimate, variance.sqrt()
 
 
-def _student_t_central(t: float, dof: int) -> float:
-    """``P(|T| < t)`` for Student's t with an integer number of degrees of freedom (Abramowitz-Stegun 26.7.3-4)."""
-    theta = math.atan(t / math.sqrt(dof))
-    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
-    if dof % 2 == 0:
-        term, total = 1.0, 1.0
-        for i in range(1, dof // 2):
-            term *= cos2 * (2 * i - 1) / (2 * i)
-            total += term
-        return sin * total
-    if dof == 1:
-        return 2.0 * theta / math.pi
-    term = math.cos(theta)
-    total = term
-    for i in range(1, (dof - 1) // 2):
-        term *= cos2 * (2 * i) / (2 * i + 1)
-        total += term
-    return 2.0 / math.pi * (theta + sin * total)
-
-
 def two_sided_t_quantile(level: float, dof: int) -> float:
-    """Return ``t`` with ``P(|T| < t) = level`` for Student's t with ``dof`` degrees of freedom (bisection).
+    """Return ``t`` with ``P(|T| < t) = level`` for Student's t with ``dof`` degrees of freedom.
+
+    This is ``scipy.stats.t.ppf((1 + level) / 2, dof)``.
 
     Raises:
         ValueError: If ``level`` is not in ``(0, 1)`` or ``dof`` is not a positive int.
@@ -386,28 +83,15 @@ def two_sided_t_quantile(level: float, dof: int) -> float:
         >>> round(two_sided_t_quantile(0.95, 10**6), 3)  # the normal quantile
         1.96
     """
+    from scipy.stats import t as student_t  # scipy.stats takes a few tenths of a second to import: only when used
+
     if not 0.0 < level < 1.0:
         raise ValueError(f"`level` must be in (0, 1), got {level!r}.")
     if isinstance(dof, bool) or not isinstance(dof, int) or dof < 1:
         raise ValueError(f"`dof` must be a positive int, got {dof!r}.")
-    if dof > 2000:  # Cornish-Fisher to O(1/dof^2) is exact to 1e-9 here, and the series would be long
-        z = float(torch.special.ndtri(torch.tensor((1.0 + level) / 2.0, dtype=torch.float64)))
-        return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
-    low, high = 0.0, 1.0
-    while _student_t_central(high, dof) < level:
-        low, high = high, 2.0 * high
-    for _ in range(200):
-        middle = 0.5 * (low + high)
-        if _student_t_central(middle, dof) < level:
-            low = middle
-        else:
-            high = middle
-        if high - low <= 1e-13 * high:
-            break
-    return 0.5 * (low + high)
+    return float(student_t.ppf((1.0 + level) / 2.0, dof))
 
 
-# -------------------------------------------------------------------------------------------------- MID
 class JackknifeEstimates(NamedTuple):
     """The Gaussian-corrected terms of the full sample and of each leave-one-group-out sample.
 
@@ -632,6 +316,7 @@ def jackknife_divergence(
             finite.
 
     Example:
+        >>> from mid_metric.jackknife import group_moments
         >>> g = torch.Generator().manual_seed(0)
         >>> x = torch.randn(400, 2, dtype=torch.float64, generator=g)
         >>> y = 0.6 * x + 0.8 * torch.randn(400, 2, dtype=torch.float64, generator=g)
@@ -659,6 +344,7 @@ def jackknife_mutual_information(reference_groups: Tensor, image_dim: int) -> tu
         ValueError: If a leave-one-group-out reference has ``Dx + Dy + 2`` pairs or fewer.
 
     Example:
+        >>> from mid_metric.jackknife import group_moments
         >>> z = torch.randn(300, 4, dtype=torch.float64)
         >>> mi, se = jackknife_mutual_information(group_moments(z, 2, 10), image_dim=2)
         >>> bool(se > 0)
