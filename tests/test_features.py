@@ -455,7 +455,7 @@ def test_import_stays_light_and_missing_transformers_is_explained(clip_dir):
             del sys.modules[name]
         sys.modules["transformers"] = None  # as if it were not installed: `import transformers` raises
         import torch
-        import mid_metric, mid_metric.features, mid_metric.reference_io
+        import mid_metric, mid_metric.features, mid_metric.io.reference_files
         mid = mid_metric.MutualInformationDivergence(feature=(2, 2))
         mid.update(torch.randn(20, 2), torch.randn(20, 2), real=True)
         mid.update(torch.randn(20, 2), torch.randn(20, 2), real=False)

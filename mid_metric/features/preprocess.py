@@ -18,7 +18,10 @@ row. :data:`PREPROCESSING` names the pipelines a :class:`~mid_metric.features.Cl
 
 ``n_px`` is the model's input size (``vision_config.image_size``: 224 for ViT-B/32 and ViT-L/14). OpenAI's pipeline
 takes 8-bit images: uint8 tensors are converted to PIL images exactly, float tensors in ``[0, 1]`` are rounded to
-8 bits first. PIL images are resized in their own mode and converted to RGB after the crop, as OpenAI's code does.
+8 bits first, and PIL images of more than 8 bits (16-bit, 32-bit integer and float) are scaled to 8 bits by the rule
+of :mod:`mid_metric.features.inputs` (``round(v / 257)`` for 16-bit data, ``round(255 v)`` for floats in ``[0, 1]``),
+never clipped. PIL images are then resized in their own mode (palette, RGBA, CMYK, ...) and converted to RGB after
+the crop, as OpenAI's code does; the command line hands its images over in the mode of their files for this reason.
 """
 
 from __future__ import annotations
@@ -28,7 +31,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mid_metric.features.inputs import ImageBatch, count_images
+from mid_metric.features.inputs import (
+    ImageBatch,
+    count_images,
+    eight_bit_image,
+    is_pil_image,
+    unit_float_image,
+    unit_to_eight_bit,
+)
 
 __all__ = [
     "PREPROCESSING",
@@ -106,11 +116,15 @@ def center_crop_box(width: int, height: int, side: int) -> tuple[int, int, int, 
 
 
 def to_pil_images(images: ImageBatch) -> list[Any]:
-    """Return the batch as PIL images: PIL images as they are, uint8 tensors exactly, float tensors rounded to 8 bits.
+    """Return the batch as 8-bit PIL images: tensors converted, PIL images in their own mode when they are 8-bit.
+
+    uint8 tensors are converted exactly and float tensors rounded to 8 bits; PIL images of more than 8 bits are
+    scaled to mode ``L`` by :func:`~mid_metric.features.inputs.eight_bit_image`.
 
     Raises:
         TypeError: If an image is of an unsupported type or dtype.
-        ValueError: If a tensor has the wrong shape or float values outside ``[0, 1]``.
+        ValueError: If a tensor has the wrong shape or float values outside ``[0, 1]``, or a PIL image of more than
+            8 bits holds values outside its range.
 
     Example:
         >>> [image.size for image in to_pil_images(torch.zeros(2, 3, 5, 7, dtype=torch.uint8))]
@@ -129,20 +143,10 @@ def to_pil_images(images: ImageBatch) -> list[Any]:
                 raise ValueError(f"{where} must be a (3, H, W) tensor, got shape {tuple(image.shape)}.")
             image = image.detach().cpu()
             if image.dtype != torch.uint8:
-                if not image.is_floating_point():
-                    raise TypeError(f"{where} must be uint8 (0..255) or floating point (0..1), got {image.dtype}.")
-                values = image.to(torch.float32)
-                if values.numel() and not (
-                    bool(torch.isfinite(values).all()) and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
-                ):
-                    raise ValueError(
-                        f"{where} is a float tensor, so its values must lie in [0, 1]. Pass uint8 tensors for 0..255"
-                        " data."
-                    )
-                image = (values * 255.0).round().to(torch.uint8)
+                image = unit_to_eight_bit(unit_float_image(image, where))
             converted.append(Image.fromarray(np.ascontiguousarray(image.permute(1, 2, 0).numpy()), mode="RGB"))
-        elif hasattr(image, "convert") and hasattr(image, "size") and hasattr(image, "mode"):
-            converted.append(image)
+        elif is_pil_image(image):
+            converted.append(eight_bit_image(image, where))
         else:
             raise TypeError(f"{where} must be a PIL image or a (3, H, W) tensor, got {type(image).__name__}.")
     return converted
