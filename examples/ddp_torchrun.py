@@ -1,5 +1,7 @@
 """MID over several processes with plain torch.distributed, launched by torchrun.
 
+It needs nothing beyond mid-metric itself (torchrun comes with torch)::
+
     torchrun --nproc_per_node=2 examples/ddp_torchrun.py --out result.json
 
 Every rank adds its own, uneven share of the reference and candidate pairs (shares proportional to 1, 2, ...;

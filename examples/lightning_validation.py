@@ -4,10 +4,17 @@ A toy text-to-image "generator" (a linear map from caption features to image fea
 image features; every validation epoch scores it with MID, logs the MI and distance terms beside it and, when
 asked, a histogram of the per-sample PMI. The features are synthetic CLIP-like unit vectors, so this runs offline.
 
+It needs PyTorch Lightning and TensorBoard, the ``lightning`` extra; from the clone::
+
+    pip install ".[lightning]"
+
 Run it on one process, or on two CPU processes with DDP (Lightning re-launches this script once per rank)::
 
     python examples/lightning_validation.py --devices 1 --epochs 2 --logdir runs
     python examples/lightning_validation.py --devices 2 --mode validate --out result.json
+
+``--logdir`` is where TensorBoard's logs go (``runs/`` is in the repository's ``.gitignore``); without it nothing
+is logged and nothing is written.
 
 Each rank validates a different, uneven share of the data (a third and two thirds with two ranks); the metric's
 ``compute()`` merges the statistics of all ranks, so the logged value is the single-process value.
@@ -19,13 +26,23 @@ import argparse
 import json
 from typing import Any, Optional
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from mid_metric import MutualInformationDivergence
+
+try:
+    import lightning as L
+except ImportError as error:  # the way out for a user without the extra: one line when run, an ImportError if imported
+    _MISSING = (
+        f"This example needs PyTorch Lightning and TensorBoard ({error}). Install the `lightning` extra from the"
+        ' mid-metric folder: pip install ".[lightning]"'
+    )
+    if __name__ == "__main__":
+        raise SystemExit(_MISSING) from None
+    raise ImportError(_MISSING) from error
 
 
 def make_pairs(num_pairs: int, dim: int, seed: int = 0) -> tuple[Tensor, Tensor]:
