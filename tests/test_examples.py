@@ -63,3 +63,14 @@ def test_readme_snippets_are_taken_from_the_examples(title, example):
         for line in block.splitlines():
             if line.strip() and not line.strip().startswith(("#", "...")):
                 assert line.strip() in source, f"README line not in examples/{example}: {line!r}"
+
+
+def test_lightning_example_without_the_extra_says_how_to_install_it(monkeypatch):
+    import runpy
+
+    monkeypatch.setitem(sys.modules, "lightning", None)  # as if it were not installed: `import lightning` raises
+    with pytest.raises(SystemExit) as run:  # run as a script: one line, no traceback
+        runpy.run_path(str(EXAMPLES / "lightning_validation.py"), run_name="__main__")
+    assert 'pip install ".[lightning]"' in str(run.value.code) and "\n" not in str(run.value.code)
+    with pytest.raises(ImportError, match=r'needs PyTorch Lightning and TensorBoard.*pip install "\.\[lightning\]"'):
+        runpy.run_path(str(EXAMPLES / "lightning_validation.py"), run_name="imported_example")
