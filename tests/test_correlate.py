@@ -282,6 +282,47 @@ def test_bad_tables_are_one_line_with_file_and_line(tables, tmp_path, capsys):
     fail([*base[:2], str(tmp_path / "ratings.xlsx"), *base[3:], "rating", "--key", "key"], capsys, "'.xlsx'")
 
 
+def test_a_repeated_column_or_json_key_is_an_error_where_the_last_one_would_give_the_opposite_tau(tmp_path, capsys):
+    keys = [f"k{i}" for i in range(12)]
+    judgments = write_csv(tmp_path / "ratings.csv", ["key", "rating"], [[k, i] for i, k in enumerate(keys)])
+    intended = write_csv(tmp_path / "intended.csv", ["key", "pmi"], [[k, i] for i, k in enumerate(keys)])
+    # The intended column ranks the keys as the ratings do: tau = +1 by definition.
+    assert run_json(correlate_args(intended, judgments, "--json", "--bootstrap", "0"), capsys)["tau"] == pytest.approx(
+        1.0, abs=1e-12
+    )
+    # A second 'pmi' column, reversed, would give tau = -1 if it silently replaced the first.
+    repeated = write_csv(tmp_path / "repeated.csv", ["key", "pmi", "pmi"], [[k, i, -i] for i, k in enumerate(keys)])
+    fail(correlate_args(repeated, judgments), capsys, f"{repeated}, line 1", "column 'pmi' is named twice")
+    tabs = write_csv(
+        tmp_path / "repeated.tsv", ["key", "rating", "rating"], [[k, i, -i] for i, k in enumerate(keys)], "\t"
+    )
+    fail(correlate_args(intended, tabs), capsys, f"{tabs}, line 1", "column 'rating' is named twice")
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text("".join(f'{{"key": "{k}", "rating": {i}, "rating": {-i}}}\n' for i, k in enumerate(keys)))
+    fail(correlate_args(intended, twice), capsys, f"{twice}, line 1", "key 'rating' appears twice in one JSON object")
+
+
+def test_every_table_follows_the_cell_and_quote_rules(tables, tmp_path, capsys):
+    keys = [f"k{i}" for i in range(N)]
+    # A TSV comment that starts with a quote is text: every row counts (it used to swallow the rows after it).
+    rows = [[k, tables["ratings"][i], '"great' if i == 0 else "ok"] for i, k in enumerate(keys)]
+    tsv = tmp_path / "commented.tsv"
+    tsv.write_text("key\trating\tcomment\n" + "".join("\t".join(map(str, row)) + "\n" for row in rows))
+    report = run_json(correlate_args(tables["scores"], tsv, "--json", "--bootstrap", "0"), capsys)
+    expected = scipy_stats.kendalltau(tables["pmi"], tables["ratings"], variant="b")
+    assert report["n"] == N and report["tau"] == pytest.approx(expected.statistic, abs=1e-12)
+    # An unquoted comma in a caption of a scores table, and an unbalanced quote in judgments, name their line.
+    comma = tmp_path / "captioned.csv"
+    comma.write_text("row,key,caption,pmi\n1,k0,a dog,0.5\n2,k1,A man, riding a horse,0.25\n")
+    fail(correlate_args(comma, tables["csv"]), capsys, f"{comma}, line 3", "5 cells, but the header has 4 columns")
+    quote = tmp_path / "quote.csv"
+    quote.write_text('key,rating\nk0,1\n"k1,2\nk2,3\n')
+    fail(correlate_args(tables["scores"], quote), capsys, f"{quote}, line 3", "unbalanced quote")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("key,rating\nk0,1\nk\xe9,2\n".encode("latin-1"))
+    fail(correlate_args(tables["scores"], latin), capsys, f"{latin}, line 3", "0xe9 is not UTF-8")
+
+
 def test_missing_scipy_is_one_line_with_the_install_hint(tables, capsys, monkeypatch):
     for name in [n for n in sys.modules if n == "scipy" or n.startswith("scipy.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from _cli import fail_cli
 from safetensors.torch import save_file
 
 from mid_metric.io.atomic import atomic_output
@@ -47,6 +48,30 @@ def test_empty_caption_names_the_row(tmp_path):
     path.write_text("image,caption\na.png,fine\nb.png,\n")
     with pytest.raises(PairsError, match="row 2"):
         read_pairs(path)
+
+
+def test_an_unquoted_comma_in_a_caption_is_an_error_naming_the_line_not_a_cut_caption(tmp_path, capsys):
+    path = tmp_path / "pairs.csv"
+    path.write_text("image,caption\nb.png,A dog\na.png,A man, riding a horse\n", encoding="utf-8")
+    with pytest.raises(PairsError, match=r"pairs\.csv, line 3: 3 cells, but the header has 2 columns"):
+        read_pairs(path)
+    shifted = tmp_path / "shifted.csv"  # the caption column first: the comma used to shift the image path
+    shifted.write_text("caption,image\nA man, riding a horse,a.png\n", encoding="utf-8")
+    with pytest.raises(PairsError, match=r"shifted\.csv, line 2: 3 cells"):
+        read_pairs(shifted)
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('image,caption\na.png,"A man, riding a horse"\n', encoding="utf-8")
+    assert read_pairs(quoted).pairs[0].caption == "A man, riding a horse"
+    # The command line reads the pairs before anything else and reports the line in one line on stderr.
+    fail_cli(["score", str(path), "--reference", str(tmp_path / "none.safetensors"), "-q"], capsys, f"{path}, line 3")
+
+
+def test_a_tsv_caption_that_starts_with_a_quote_keeps_every_following_pair(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    captions = ['"Stop" says the sign', "A dog", 'A "quoted" word', "A cat"]
+    path.write_text("image\tcaption\n" + "".join(f"{i}.png\t{c}\n" for i, c in enumerate(captions)), encoding="utf-8")
+    table = read_pairs(path)
+    assert [pair.caption for pair in table.pairs] == captions and [pair.row for pair in table.pairs] == [1, 2, 3, 4]
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "npz"])
