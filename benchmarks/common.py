@@ -6,7 +6,8 @@ import this module as ``common``. Nothing here is part of the package.
 - **Timing**: :func:`timed` (seconds per call, CUDA synchronised), :func:`median_seconds`, and :func:`rotated` for
   taking turns (before/after, ours/baseline) so that both terms of a ratio see the same load.
 - **Data**: :func:`common_direction` and :func:`near_direction` (CLIP-like unit rows around one direction),
-  :func:`clip_like_features`, and :class:`ClipLikeModel` (non-Gaussian CLIP-like pairs from latent concepts).
+  :func:`clip_like_features`, :class:`ClipLikeModel` (non-Gaussian CLIP-like pairs from latent concepts), and
+  :class:`CorrelatedPairs` (Gaussian or multivariate-t pairs whose population MID is known).
 - **Subprocesses and memory**: :func:`run_for_json` runs a probe and parses its JSON lines; :func:`status_kib` and
   :func:`reset_peak_rss` read and reset the peak resident set of this process.
 - **Reports**: :func:`markdown_table`, :func:`markdown_section`, :class:`Report` (tables and PASS/FAIL verdicts),
@@ -130,6 +131,50 @@ class ClipLikeModel:
         s = self.concepts(n, g)
         x, y = self.images(s, g), self.texts(s, g)
         return x, y, self.images(s + 0.5 * torch.randn(s.shape, generator=g), g)
+
+
+class CorrelatedPairs:
+    """Image-caption pairs with a known population value of the MID functional: Gaussian or multivariate t.
+
+    A row is ``(x, y) = s (u, v)`` with ``(u_k, v_k)`` standard Gaussian pairs of correlation ``rho_k`` (from
+    ``rho_max`` down to ``rho_min``), independent across ``k``, and one scale ``s = sqrt(nu / chi2_nu)`` per row: an
+    elliptical t with ``nu = dof`` degrees of freedom (``dof = None``: Gaussian, ``s = 1``). Its covariance is
+    ``nu / (nu - 2)`` times the Gaussian one. The MID functional depends on the distributions only through their means
+    and covariances and is invariant under a common scaling (MI is a log-determinant ratio, the traces are ratios), so
+    for candidates ``(x0, y)`` with ``x0 = c rho y + sqrt(1 - c^2 rho^2) s e`` (the same row scale ``s``) it is
+    ``sum_k -1/2 log(1 - rho_k^2) + 1/2 (1 - ((c rho_k - rho_k)^2 + 1 - c^2 rho_k^2) / (1 - rho_k^2))``, which is
+    ``-1/2 sum log(1 - rho_k^2)`` (the MI ``I``; distance term 0) when ``c = 1``, i.e. when the candidates follow
+    the reference's law. (For t it is the population value of the Gaussian-fit functional that MID estimates, not
+    the true mutual information of the t pair.)
+    """
+
+    def __init__(self, dim: int = 16, dof: Optional[float] = 6.0, rho_max: float = 0.9, rho_min: float = 0.05) -> None:
+        self.dim, self.dof = dim, dof
+        self.rho = torch.linspace(rho_max, rho_min, dim, dtype=torch.float64)
+
+    def truth(self, generator_scale: float = 1.0) -> float:
+        """The population MID of candidates made by :meth:`images_for` with this ``generator_scale`` (``c``)."""
+        cand_rho = generator_scale * self.rho
+        residual = (cand_rho - self.rho) ** 2 + 1 - cand_rho**2
+        return float((-0.5 * torch.log1p(-(self.rho**2)) + 0.5 * (1 - residual / (1 - self.rho**2))).sum())
+
+    def sample(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` float64 pairs ``(x, y)`` of the law, and their row scales ``s`` (ones for the Gaussian)."""
+        scale = torch.ones(n, 1, dtype=torch.float64)
+        if self.dof is not None:
+            chi2 = 2.0 * torch._standard_gamma(torch.full((n, 1), self.dof / 2.0, dtype=torch.float64), generator=g)
+            scale = (self.dof / chi2).sqrt()
+        u = torch.randn(n, self.dim, dtype=torch.float64, generator=g)
+        v = self.rho * u + torch.sqrt(1 - self.rho**2) * torch.randn(n, self.dim, dtype=torch.float64, generator=g)
+        return scale * u, scale * v, scale
+
+    def images_for(
+        self, y: torch.Tensor, scale: torch.Tensor, g: torch.Generator, generator_scale: float = 1.0
+    ) -> torch.Tensor:
+        """Images generated for the captions ``y`` (row scales ``scale``) with correlation ``generator_scale rho``."""
+        cand_rho = generator_scale * self.rho
+        noise = torch.randn(y.shape, dtype=torch.float64, generator=g)
+        return cand_rho * y + torch.sqrt(1 - cand_rho**2) * scale * noise
 
 
 # ------------------------------------------------------------------------------------ subprocesses and memory
