@@ -59,7 +59,15 @@ def result_fields(result: KendallResult) -> dict[str, Any]:
 
 
 def run_correlate(args: argparse.Namespace) -> int:
-    """``mid-metric correlate SCORES JUDGMENTS``: print Kendall's tau of each score column; return the exit status."""
+    """``mid-metric correlate SCORES JUDGMENTS``: print Kendall's tau of each score column; return the exit status.
+
+    Both tables are read by the rules of :mod:`~mid_metric.io.tables`. With ``--json``, the report always holds
+    ``columns`` (per score column: ``tau``, ``p_value``, ``n``, ``ci_low``, ``ci_high``) and the run's fields
+    (``variant``, ``n``, ``num_keys``, the skipped and missing counts, ``bootstrap``, the files, ``version``). With
+    one ``--score-column``, that column's ``tau``, ``p_value``, ``ci_low``, ``ci_high``, ``level``, ``resamples``,
+    ``seed`` and ``items`` are also at the top level, with ``score_column``; with several, they are only under
+    ``columns``.
+    """
     require_scipy()
     columns = list(dict.fromkeys(args.score_column))
     scores = read_table(args.scores, "Scores")
