@@ -77,6 +77,11 @@ class Table:
 def check_input_file(path: Path, what: str, error: type[Exception]) -> None:
     """Raise ``error`` unless ``path`` can be opened as a file: it must exist, and not be a folder or a link loop.
 
+    Args:
+        path: The file.
+        what: What the file is, first in the message (``"Pairs file"``).
+        error: The exception raised.
+
     Example:
         >>> import tempfile
         >>> try:
@@ -199,6 +204,9 @@ def _csv_cells(lines: list[str], path: Path, error: type[Exception]) -> Iterator
         start = index + 1
         text, index = lines[index], index + 1
         if not text:
+            continue
+        if '"' not in text:  # the common case: no quoted field
+            yield start, text.split(",")
             continue
         cells: list[str] = []
         position = 0
