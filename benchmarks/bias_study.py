@@ -26,7 +26,18 @@ import time
 from pathlib import Path
 
 import torch
-from common import HERE, RESULTS, ClipLikeModel, CorrelatedPairs, add_size_flags, pyplot, relative_spread, write_block
+from common import (
+    HERE,
+    RESULTS,
+    ClipLikeModel,
+    CorrelatedPairs,
+    add_size_flags,
+    label_axes,
+    pyplot,
+    relative_spread,
+    save_figure,
+    write_block,
+)
 
 from mid_metric import moments, uncertainty
 from mid_metric.functional import divergence_from_moments, reference_from_moments
@@ -148,40 +159,26 @@ def plot(gauss: list[dict], clip: list[dict], path: Path) -> None:
     for protocol, style in (("independent", "-"), ("shared captions", "--")):
         rows = [r for r in gauss if r["protocol"] == protocol]
         ns = [r["n"] for r in rows]
-        ax.errorbar(
-            ns,
-            [r["raw"] for r in rows],
-            [2 * r["raw_sem"] for r in rows],
-            fmt="o" + style,
-            color="tab:red",
-            label=f"paper's estimator ({protocol})",
-        )
-        ax.errorbar(
-            ns,
-            [r["cor"] for r in rows],
-            [2 * r["cor_sem"] for r in rows],
-            fmt="s" + style,
-            color="tab:blue",
-            label=f"bias_correction=True ({protocol})",
-        )
+        for key, marker, colour, label in (
+            ("raw", "o", "tab:red", "paper's estimator"),
+            ("cor", "s", "tab:blue", "bias_correction=True"),
+        ):
+            ax.errorbar(
+                ns,
+                [r[key] for r in rows],
+                [2 * r[key + "_sem"] for r in rows],
+                fmt=marker + style,
+                color=colour,
+                label=f"{label} ({protocol})",
+            )
     ax.axhline(gauss[0]["truth"], color="k", lw=1, label="population MID")
-    ax.set_xscale("log")
-    ax.set_xlabel("N = M (pairs)")
-    ax.set_ylabel("mean MID over repetitions")
-    ax.set_title("Gaussian, Dx = Dy = 64 (known truth)")
-    ax.legend(fontsize=7)
+    label_axes(ax, "N = M (pairs)", "mean MID over repetitions", "Gaussian, Dx = Dy = 64 (known truth)", 7)
     ax = axes[1]
     ns = [r["n"] for r in clip]
     ax.plot(ns, [r["raw"] for r in clip], "o-", color="tab:red", label="paper's estimator")
     ax.plot(ns, [r["cor"] for r in clip], "s-", color="tab:blue", label="bias_correction=True")
-    ax.set_xscale("log")
-    ax.set_xlabel("N = M (pairs)")
-    ax.set_ylabel("MID")
-    ax.set_title("CLIP-like non-Gaussian, D = 512 (truth unknown)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    label_axes(ax, "N = M (pairs)", "MID", "CLIP-like non-Gaussian, D = 512 (truth unknown)")
+    save_figure(fig, path)
 
 
 def markdown(gauss: list[dict], clip: list[dict], cov: dict, cov_n: int, seconds: float) -> str:

@@ -13,7 +13,7 @@ import this module as ``common``. Nothing here is part of the package.
 - **Reports**: :func:`markdown_table`, :func:`markdown_section`, :class:`Report` (tables and PASS/FAIL verdicts),
   :func:`verdict_word`, :func:`cpu_model`, :func:`utc_now`, :func:`relative_spread`, and :func:`write_block`, which
   rewrites one ``<!-- BEGIN name -->`` ... ``<!-- END name -->`` block of a results file and keeps the rest.
-- **Figures**: :func:`pyplot` (matplotlib on the Agg backend).
+- **Figures**: :func:`pyplot` (matplotlib on the Agg backend), :func:`label_axes` and :func:`save_figure`.
 - **Command lines**: :func:`add_size_flags` (``--quick``, ``--tiny``) and :func:`add_results_flag` (``--results``).
 """
 
@@ -294,6 +294,25 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def label_axes(axes: Any, xlabel: str, ylabel: str, title: str, legend_size: float = 8, **legend: Any) -> None:
+    """A log-scaled x axis, the labels, the title and the legend of one panel."""
+    axes.set_xscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend(fontsize=legend_size, **legend)
+
+
+def save_figure(figure: Any, path: Union[str, Path]) -> None:
+    """Lay the figure out, write it at 110 dpi, close it and say where it went."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    print(f"wrote {path}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- command lines

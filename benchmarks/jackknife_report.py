@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import pyplot, relative_spread
+from common import label_axes, pyplot, relative_spread, save_figure
 
 # (key of a part's row, colour, label) of the three estimators the study compares.
 ESTIMATORS = (("paper", "tab:red", "paper's"), ("gauss", "tab:orange", "True"), ("jack", "tab:blue", "jackknife"))
@@ -175,12 +175,10 @@ def jackknife_plot(parts: dict, path: Path) -> None:
                 label=f"{label} ({protocol})",
             )
     ax.axhspan(-2, 2, color="tab:green", alpha=0.12, label="±2%")
-    ax.set_xscale("log")
     ax.set_ylim(-32, 6)
-    ax.set_xlabel("N = M")
-    ax.set_ylabel("error of the mean (%)")
-    ax.set_title("t₆ pairs, Dx = Dy = 16, candidates of the reference's law")
-    ax.legend(fontsize=6, ncol=2)
+    label_axes(
+        ax, "N = M", "error of the mean (%)", "t₆ pairs, Dx = Dy = 16, candidates of the reference's law", 6, ncol=2
+    )
 
     ax = axes[0, 1]
     colours = {"gauss": "k", "t8": "tab:green", "t6": "tab:blue", "t5": "tab:purple"}
@@ -196,12 +194,8 @@ def jackknife_plot(parts: dict, path: Path) -> None:
         )
     ax.axhspan(-2, 2, color="tab:green", alpha=0.12)
     ax.axhline(0, color="k", lw=0.5)
-    ax.set_xscale("log")
     ax.set_ylim(-11, 3)
-    ax.set_xlabel("N = M")
-    ax.set_ylabel("error of the mean (%)")
-    ax.set_title("Independent candidates, D = 16 + 16, by tail weight")
-    ax.legend(fontsize=7, ncol=2)
+    label_axes(ax, "N = M", "error of the mean (%)", "Independent candidates, D = 16 + 16, by tail weight", 7, ncol=2)
 
     ax = axes[1, 0]
     for model, colour in (("gauss", "k"), ("t6", "tab:blue"), ("t5", "tab:purple")):
@@ -220,11 +214,7 @@ def jackknife_plot(parts: dict, path: Path) -> None:
         )
     ax.axhspan(90, 99, color="tab:green", alpha=0.12, label="90–99%")
     ax.axhline(95, color="k", lw=0.5)
-    ax.set_xscale("log")
-    ax.set_xlabel("N = M")
-    ax.set_ylabel("coverage of the 95% interval (%)")
-    ax.set_title("Interval coverage (independent candidates)")
-    ax.legend(fontsize=7)
+    label_axes(ax, "N = M", "coverage of the 95% interval (%)", "Interval coverage (independent candidates)", 7)
 
     ax = axes[1, 1]
     clip = parts.get("clip", [])
@@ -233,11 +223,5 @@ def jackknife_plot(parts: dict, path: Path) -> None:
         for key, colour, label in ESTIMATORS:
             sems = [2 * r[key + "_sem"] if r[key + "_sem"] == r[key + "_sem"] else 0.0 for r in clip]
             ax.errorbar(ns, [r[key] for r in clip], sems, fmt="o-", color=colour, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("N = M")
-        ax.set_ylabel("MID")
-        ax.set_title("CLIP-like non-Gaussian features, D = 512 (truth unknown)")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+        label_axes(ax, "N = M", "MID", "CLIP-like non-Gaussian features, D = 512 (truth unknown)")
+    save_figure(fig, path)

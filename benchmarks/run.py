@@ -29,7 +29,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -142,6 +142,20 @@ def _fmt_ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
 
 
+def _per_dim(
+    measure: Callable[[int, Config, torch.device], tuple[list[str], float]],
+    dims: tuple[int, ...],
+    cfg: Config,
+    device: torch.device,
+) -> tuple[list[list[str]], dict[int, float]]:
+    """The table rows of ``measure`` at each of ``dims``, and its figure per dimension."""
+    rows, figures = [], {}
+    for dim in dims:
+        row, figures[dim] = measure(dim, cfg, device)
+        rows.append(row)
+    return rows, figures
+
+
 # ------------------------------------------------------------------------------------------- 1. updates
 def _throughput_one(dim: int, cfg: Config, device: torch.device) -> tuple[list[str], float]:
     joint, batch = 2 * dim, cfg.batch
@@ -192,10 +206,7 @@ def _throughput_one(dim: int, cfg: Config, device: torch.device) -> tuple[list[s
 
 
 def bench_throughput(cfg: Config, report: Report, device: torch.device) -> dict[int, float]:
-    rows, ratios = [], {}
-    for dim in cfg.throughput_dims:
-        row, ratios[dim] = _throughput_one(dim, cfg, device)
-        rows.append(row)
+    rows, ratios = _per_dim(_throughput_one, cfg.throughput_dims, cfg, device)
     report.table(
         f"Update throughput ({device.type}, batch {cfg.batch}, float32 input, median of {cfg.throughput_reps})",
         [
@@ -272,10 +283,7 @@ def _compute_one(dim: int, cfg: Config, device: torch.device) -> tuple[list[str]
 
 
 def bench_compute(cfg: Config, report: Report, device: torch.device) -> dict[int, float]:
-    rows, medians = [], {}
-    for dim in cfg.compute_dims:
-        row, medians[dim] = _compute_one(dim, cfg, device)
-        rows.append(row)
+    rows, medians = _per_dim(_compute_one, cfg.compute_dims, cfg, device)
     report.table(
         f"compute() latency in ms ({device.type}, median of {cfg.compute_reps})",
         [

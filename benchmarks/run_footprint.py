@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from common import HERE, Report, pyplot, run_for_json
+from common import HERE, Report, label_axes, pyplot, run_for_json, save_figure
 
 from mid_metric import moments
 
@@ -82,17 +82,12 @@ def plot_memory(rows: list[dict], path: Path) -> None:
         points = sorted((r["n"], r["growth_bytes"] / 2**20) for r in rows if r["impl"] == impl)
         if points:
             axes.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=label)
-    axes.set_xscale("log")
     axes.set_yscale("log")
-    axes.set_xlabel("N (reference pairs = candidate pairs)")
-    axes.set_ylabel("peak RSS growth (MiB)")
-    dims = sorted({r["dim"] for r in rows})
-    axes.set_title(f"Peak memory vs N, D = {dims[0] if dims else '?'} per modality")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    dims = sorted({r["dim"] for r in rows})
+    title = f"Peak memory vs N, D = {dims[0] if dims else '?'} per modality"
+    label_axes(axes, "N (reference pairs = candidate pairs)", "peak RSS growth (MiB)", title, 10)
+    save_figure(figure, path)
 
 
 def bench_sync(report: Report, dim: int, ns: tuple[int, ...]) -> tuple[Optional[bool], str]:
