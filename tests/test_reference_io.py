@@ -23,7 +23,7 @@ import mid_metric
 from mid_metric import MutualInformationDivergence, moments
 from mid_metric.features import CallableFeatureExtractor
 from mid_metric.functional import pointwise_mutual_information
-from mid_metric.reference_io import (
+from mid_metric.io.reference_files import (
     FORMAT_NAME,
     FORMAT_VERSION,
     TENSOR_NAME,
@@ -574,7 +574,7 @@ def test_rms_norms_are_recorded(tmp_path, pairs):
 # ------------------------------------------------------------------------------------------------ reading
 LARGE_FILE_CHECK = """
 import resource, sys
-from mid_metric.reference_io import load_reference_statistics
+from mid_metric.io.reference_files import load_reference_statistics
 
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 for path in sys.argv[1:]:

@@ -1,4 +1,4 @@
-"""The reference Gaussian a metric fitted from its statistics: kept until they change, and refitted on a schedule."""
+"""The reference Gaussian a metric fitted from its statistics, kept until they change."""
 
 from __future__ import annotations
 
@@ -7,16 +7,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from mid_metric.gaussian import (
-    GaussianReference,
-    ReferencePrecisions,
-    WhiteningMatrices,
-    reference_from_moments,
-    reference_precisions,
-    whitening_matrices,
-)
+from mid_metric.gaussian import GaussianReference, ReferencePrecisions, reference_from_moments, reference_precisions
 
-__all__ = ["ReferenceFit", "RefitSchedule"]
+__all__ = ["ReferenceFit"]
 
 
 class ReferenceFit:
@@ -112,49 +105,3 @@ class ReferenceFit:
         if self._precisions is None:
             self._precisions = reference_precisions(self._reference)
         return self._precisions
-
-
-class RefitSchedule:
-    """When ``forward`` refits the reference it scores batches with: first use, then each time the rows double.
-
-    A refit is due before the first batch score, and then once the reference pairs added since the last fit
-    (attempted or not) are at least as many as it had: the batch scores then always use at least half of the
-    reference, and an epoch of ``S`` steps pays about ``log2(S)`` factorisations instead of ``S``.
-
-    Example:
-        >>> schedule = RefitSchedule()
-        >>> schedule.due()
-        True
-        >>> schedule.record(None, rows=100)  # a failed fit from 100 pairs
-        >>> schedule.add_reference_rows(99)
-        >>> schedule.due()
-        False
-        >>> schedule.add_reference_rows(1)
-        >>> schedule.due()
-        True
-    """
-
-    def __init__(self) -> None:
-        self.reference: Optional[GaussianReference] = None
-        self.matrices: Optional[WhiteningMatrices] = None
-        self._attempted = False
-        self._rows_at_fit = 0
-        self._rows_since_fit = 0
-
-    def clear(self) -> None:
-        """Forget the fit: the reference statistics were replaced."""
-        self.__init__()
-
-    def add_reference_rows(self, rows: int) -> None:
-        """Count reference pairs added since the last fit."""
-        self._rows_since_fit += rows
-
-    def due(self) -> bool:
-        """Whether the next batch score should refit first."""
-        return not self._attempted or self._rows_since_fit >= max(self._rows_at_fit, 1)
-
-    def record(self, reference: Optional[GaussianReference], rows: int) -> None:
-        """Record a fit from ``rows`` reference pairs (``reference`` is ``None`` when it failed)."""
-        self.reference, self._attempted = reference, True
-        self.matrices = None if reference is None else whitening_matrices(reference)
-        self._rows_at_fit, self._rows_since_fit = rows, 0
