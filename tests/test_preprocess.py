@@ -125,3 +125,20 @@ def test_unknown_preprocess_is_refused(clip_dir):
     assert PREPROCESSING == ("processor", "openai", "mid-t2i")
     with pytest.raises(ValueError, match="`preprocess` must be one of 'processor', 'openai', 'mid-t2i'"):
         load_clip(str(clip_dir), preprocess="torchvision")
+
+
+@pytest.mark.parametrize("preprocess", PREPROCESSING)
+def test_every_pipeline_reads_a_16_bit_image_as_its_8_bit_equivalent(clip_dir, preprocess):
+    # 16-bit samples v are read as round(v / 257) (never clipped to 255): a 16-bit ramp gives the features of the
+    # 8-bit ramp it scales to, and a float image (mode F) in [0, 1] those of round(255 v)
+    extractor = load_clip(str(clip_dir), preprocess=preprocess)
+    yy, xx = np.mgrid[0:40, 0:52]
+    sixteen = ((xx * 1201 + yy * 977) % 65536).astype(np.uint16)
+    eight = np.floor(sixteen / 257.0 + 0.5).astype(np.uint8)
+    floats = (eight / np.float32(255.0)).astype(np.float32)
+    images = [Image.fromarray(sixteen), Image.fromarray(floats)]
+    assert [image.mode for image in images] == ["I;16", "F"]
+    expected = extractor.encode_images([Image.fromarray(eight)] * 2)
+    torch.testing.assert_close(extractor.encode_images(images), expected, rtol=0, atol=1e-6)
+    clipped = extractor.encode_images([Image.fromarray(np.minimum(sixteen, 255).astype(np.uint8))])
+    assert (clipped[0] - expected[0]).abs().max() > 1e-3  # what 0.3.1 computed differs
