@@ -115,9 +115,10 @@ def jackknife_markdown(parts: dict) -> str:
         ]
     cost = parts.get("cost")
     if cost:
-        dim = cost["dim"]
+        dim, threads = cost["dim"], cost.get("threads", 2)
         lines += [
-            f"### Cost at D = {dim} + {dim}, K = 10 (N = M = {cost['n']}, median of {cost['repeats']}, 2 threads)",
+            f"### Cost at D = {dim} + {dim}, K = 10 (N = M = {cost['n']}, median of {cost['repeats']},"
+            f" {threads} thread{'s' if threads > 1 else ''})",
             "",
             f"Memory: a packed state is 8·(J + 1)² bytes = {cost['state_mib']:.1f} MiB at J = {2 * dim}; the",
             f"jackknife keeps K of them per group: {10 * cost['state_mib']:.0f} MiB per group,",

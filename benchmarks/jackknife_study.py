@@ -192,12 +192,18 @@ def clip_sweep(sizes: list[int], reps_at: dict[int, int], seed: int = 1) -> list
     return rows
 
 
-def cost_probe(dim: int = 768, n: int = 20000, repeats: int = 3) -> dict:
+def cost_probe(dim: int = 768, n: int = 20000, repeats: int = 3, threads: int = 2) -> dict:
     """compute() time of True and of the jackknife, and update throughput with and without groups, at D = dim + dim."""
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
     x, y, x0 = ClipLikeModel(dim=dim).text_to_image(n, g)
-    out: dict = {"dim": dim, "n": n, "repeats": repeats, "state_mib": 8 * (2 * dim + 1) ** 2 / 2**20}
+    out: dict = {
+        "dim": dim,
+        "n": n,
+        "repeats": repeats,
+        "threads": threads,
+        "state_mib": 8 * (2 * dim + 1) ** 2 / 2**20,
+    }
     for protocol, (xc, yc) in (("shared captions", (x0, y)), ("independent", (x0[torch.randperm(n, generator=g)], y))):
         ref_rows, cand_rows = moments.joint_rows(x, y), moments.joint_rows(xc, yc)
         ref_groups = jackknife.group_moments(ref_rows, dim, 10)
@@ -240,21 +246,24 @@ def cost_probe(dim: int = 768, n: int = 20000, repeats: int = 3) -> dict:
 
 
 def run_part(part: str, quick: bool) -> object:
-    """Run one part of the study, with a few repetitions when ``quick``."""
+    """Run one part of the study; ``quick``: a few repetitions at the smaller sizes, on one thread (a smoke run)."""
     reps_at = {n: 3 for n in HEAVY_SIZES} if quick else HEAVY_REPS
+    heavy_sizes = HEAVY_SIZES[:3] if quick else HEAVY_SIZES
     if part.startswith("heavy-"):
         name = part.split("-")[1]
         if part == "heavy-t6-d64":
-            sizes = [300, 1000, 3000, 10000]
+            sizes = [300, 1000] if quick else [300, 1000, 3000, 10000]
             return heavy_sweep("t6", 64, sizes, {n: 3 if quick else 150 for n in sizes}, ("independent",))
-        return heavy_sweep(name, 16, HEAVY_SIZES, reps_at, PROTOCOLS)
+        return heavy_sweep(name, 16, heavy_sizes, reps_at, PROTOCOLS)
     if part == "groups":
         return groups_sweep([300, 1000], 3 if quick else 300)
     if part == "clip":
-        sizes = CLIP_SIZES[:2] if quick else CLIP_SIZES
+        sizes = CLIP_SIZES[:1] if quick else CLIP_SIZES
         return clip_sweep(sizes, {n: 1 for n in sizes} if quick else CLIP_REPS)
     if part == "cost":
-        return cost_probe(dim=64 if quick else 768, n=3000 if quick else 20000, repeats=1 if quick else 3)
+        if quick:
+            return cost_probe(dim=64, n=3000, repeats=1, threads=1)
+        return cost_probe()
     raise ValueError(f"unknown part {part!r}; choose from {', '.join(JACKKNIFE_PARTS)}")
 
 
