@@ -26,28 +26,12 @@ import sys
 import time
 
 import torch
+from common import reset_peak_rss, status_kib
 
 from mid_metric.metrics.cmmd import CMMD
 
 TARGET_BYTES = 1.5e9
 POOL = 8
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _pool(dim: int, batch: int, shift: float, seed: int) -> list[torch.Tensor]:
@@ -64,8 +48,8 @@ def _pool(dim: int, batch: int, shift: float, seed: int) -> list[torch.Tensor]:
 def probe(n: int, dim: int, batch: int, block_size: int) -> dict:
     real_pool, generated_pool = _pool(dim, batch, 0.0, seed=2), _pool(dim, batch, 0.3, seed=3)
     _ = torch.zeros(1).sum()  # warm the allocator and the thread pool before the baseline is read
-    rss_before = _status_kib("VmRSS")
-    cleared = _reset_peak()
+    rss_before = status_kib("VmRSS")
+    cleared = reset_peak_rss()
     start = time.perf_counter()
     metric = CMMD(feature=dim, max_samples=n, block_size=block_size)
     for index, offset in enumerate(range(0, n, batch)):
@@ -75,7 +59,7 @@ def probe(n: int, dim: int, batch: int, block_size: int) -> dict:
     updated = time.perf_counter()
     value = float(metric.compute())
     done = time.perf_counter()
-    peak = _status_kib("VmHWM") if cleared else max(_status_kib("VmHWM"), rss_before)
+    peak = status_kib("VmHWM") if cleared else max(status_kib("VmHWM"), rss_before)
     return {
         "n": n,
         "dim": dim,
