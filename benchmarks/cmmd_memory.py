@@ -26,7 +26,7 @@ import sys
 import time
 
 import torch
-from common import reset_peak_rss, status_kib
+from common import peak_rss_growth
 
 from mid_metric.metrics.cmmd import CMMD
 
@@ -48,28 +48,29 @@ def _pool(dim: int, batch: int, shift: float, seed: int) -> list[torch.Tensor]:
 def probe(n: int, dim: int, batch: int, block_size: int) -> dict:
     real_pool, generated_pool = _pool(dim, batch, 0.0, seed=2), _pool(dim, batch, 0.3, seed=3)
     _ = torch.zeros(1).sum()  # warm the allocator and the thread pool before the baseline is read
-    rss_before = status_kib("VmRSS")
-    cleared = reset_peak_rss()
-    start = time.perf_counter()
-    metric = CMMD(feature=dim, max_samples=n, block_size=block_size)
-    for index, offset in enumerate(range(0, n, batch)):
-        size = min(batch, n - offset)
-        metric.update(real_pool[index % POOL][:size], None, real=True)
-        metric.update(generated_pool[index % POOL][:size], None, real=False)
-    updated = time.perf_counter()
-    value = float(metric.compute())
-    done = time.perf_counter()
-    peak = status_kib("VmHWM") if cleared else max(status_kib("VmHWM"), rss_before)
+
+    def run() -> tuple[float, float, float]:
+        start = time.perf_counter()
+        metric = CMMD(feature=dim, max_samples=n, block_size=block_size)
+        for index, offset in enumerate(range(0, n, batch)):
+            size = min(batch, n - offset)
+            metric.update(real_pool[index % POOL][:size], None, real=True)
+            metric.update(generated_pool[index % POOL][:size], None, real=False)
+        updated = time.perf_counter()
+        value = float(metric.compute())
+        return value, updated - start, time.perf_counter() - updated
+
+    (value, update_seconds, compute_seconds), growth = peak_rss_growth(run)
     return {
         "n": n,
         "dim": dim,
         "block_size": block_size,
-        "growth_bytes": (peak - rss_before) * 1024,
+        "growth_bytes": growth["growth_bytes"],
         "stored_bytes": 2 * n * dim * 4,
-        "update_seconds": updated - start,
-        "compute_seconds": done - updated,
+        "update_seconds": update_seconds,
+        "compute_seconds": compute_seconds,
         "cmmd": value,
-        "peak_reset": cleared,
+        "peak_reset": growth["peak_reset"],
     }
 
 

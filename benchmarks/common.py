@@ -8,8 +8,8 @@ import this module as ``common``. Nothing here is part of the package.
 - **Data**: :func:`common_direction` and :func:`near_direction` (CLIP-like unit rows around one direction),
   :func:`clip_like_features`, :class:`ClipLikeModel` (non-Gaussian CLIP-like pairs from latent concepts), and
   :class:`CorrelatedPairs` (Gaussian or multivariate-t pairs whose population MID is known).
-- **Subprocesses and memory**: :func:`run_for_json` runs a probe and parses its JSON lines; :func:`status_kib` and
-  :func:`reset_peak_rss` read and reset the peak resident set of this process.
+- **Subprocesses and memory**: :func:`run_for_json` runs a probe and parses its JSON lines; :func:`peak_rss_growth`
+  measures the peak resident set growth of a call, from :func:`status_kib` and :func:`reset_peak_rss`.
 - **Reports**: :func:`markdown_table`, :func:`markdown_section`, :class:`Report` (tables and PASS/FAIL verdicts),
   :func:`verdict_word`, :func:`cpu_model`, :func:`utc_now`, :func:`relative_spread`, and :func:`write_block`, which
   rewrites one ``<!-- BEGIN name -->`` ... ``<!-- END name -->`` block of a results file and keeps the rest.
@@ -204,6 +204,22 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def peak_rss_growth(fn: Callable[[], Item]) -> tuple[Item, dict[str, Any]]:
+    """Run ``fn`` and return its value and ``{"growth_bytes", "seconds", "peak_reset"}``.
+
+    ``growth_bytes`` is the peak resident set during the call minus the resident set just before it: the peak is
+    reset first where the OS allows (``peak_reset``), otherwise it is the process's peak so far (an upper bound).
+    Call it in a fresh process, after the imports and the input data.
+    """
+    before = status_kib("VmRSS")
+    cleared = reset_peak_rss()
+    start = time.perf_counter()
+    value = fn()
+    seconds = time.perf_counter() - start
+    peak = status_kib("VmHWM") if cleared else max(status_kib("VmHWM"), before)
+    return value, {"growth_bytes": (peak - before) * 1024, "seconds": seconds, "peak_reset": cleared}
 
 
 # ----------------------------------------------------------------------------------------------------- reports

@@ -40,9 +40,8 @@ from common import (  # noqa: E402
     add_size_flags,
     cpu_model,
     markdown_section,
-    reset_peak_rss,
+    peak_rss_growth,
     run_for_json,
-    status_kib,
     utc_now,
     verdict_word,
     write_block,
@@ -139,14 +138,10 @@ def probe(impl: str, names: list[str], m: int, dim: int) -> dict:
     """Feed and compute in this (fresh) process; return the peak RSS growth over the post-data baseline."""
     data = make_data(m, dim)
     run_ours(names, make_data(8, dim), dim) if impl == "ours" else run_official(names, make_data(8, dim))  # warm up
-    before = status_kib("VmRSS")
-    reset = reset_peak_rss()
-    start = time.perf_counter()
-    values = run_ours(names, data, dim) if impl == "ours" else run_official(names, data)
-    seconds = time.perf_counter() - start
-    peak = status_kib("VmHWM") if reset else max(status_kib("VmHWM"), before)
-    return {"impl": impl, "metrics": names, "m": m, "growth_bytes": (peak - before) * 1024, "seconds": seconds,
-            "values": values, "peak_reset": reset}  # fmt: skip
+    values, growth = peak_rss_growth(
+        lambda: run_ours(names, data, dim) if impl == "ours" else run_official(names, data)
+    )
+    return {"impl": impl, "metrics": names, "m": m, **growth, "values": values}
 
 
 def run_probe(impl: str, metric: str, m: int, dim: int) -> Optional[dict]:

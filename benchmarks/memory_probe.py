@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from baseline import StoreAllMID  # noqa: E402
-from common import common_direction, near_direction, reset_peak_rss, status_kib  # noqa: E402
+from common import common_direction, near_direction, peak_rss_growth  # noqa: E402
 
 from mid_metric import MutualInformationDivergence  # noqa: E402
 
@@ -39,40 +38,30 @@ def _pool(dim: int, batch: int, seed: int = 0) -> list[tuple[torch.Tensor, torch
 
 
 def probe(impl: str, n: int, dim: int, batch: int) -> dict:
+    if impl not in ("ours", "baseline"):
+        raise ValueError(f"unknown implementation {impl!r}")
     pool = _pool(dim, batch)
     torch.manual_seed(0)
     _ = torch.zeros(1).sum()  # warm the allocator and the thread pool before the baseline is read
-    rss_before = status_kib("VmRSS")
-    cleared = reset_peak_rss()
-    start = time.perf_counter()
-    if impl == "ours":
-        metric = MutualInformationDivergence(feature=dim)
-        for index, offset in enumerate(range(0, n, batch)):
-            images, texts, generated = pool[index % POOL]
-            size = min(batch, n - offset)
-            metric.update(images[:size], texts[:size], real=True)
-            metric.update(generated[:size], texts[:size], real=False)
-        mid = float(metric.compute())
-    elif impl == "baseline":
+
+    def run() -> float:
+        if impl == "ours":
+            metric = MutualInformationDivergence(feature=dim)
+            for index, offset in enumerate(range(0, n, batch)):
+                images, texts, generated = pool[index % POOL]
+                size = min(batch, n - offset)
+                metric.update(images[:size], texts[:size], real=True)
+                metric.update(generated[:size], texts[:size], real=False)
+            return float(metric.compute())
         store = StoreAllMID()
         for index, offset in enumerate(range(0, n, batch)):
             images, texts, generated = pool[index % POOL]
             size = min(batch, n - offset)
             store.update(images[:size].clone(), texts[:size].clone(), generated[:size].clone())
-        mid = float(store.compute())
-    else:
-        raise ValueError(f"unknown implementation {impl!r}")
-    seconds = time.perf_counter() - start
-    peak = status_kib("VmHWM") if cleared else max(status_kib("VmHWM"), rss_before)
-    return {
-        "impl": impl,
-        "n": n,
-        "dim": dim,
-        "growth_bytes": (peak - rss_before) * 1024,
-        "seconds": seconds,
-        "mid": mid,
-        "peak_reset": cleared,
-    }
+        return float(store.compute())
+
+    mid, growth = peak_rss_growth(run)
+    return {"impl": impl, "n": n, "dim": dim, **growth, "mid": mid}
 
 
 def main() -> None:
