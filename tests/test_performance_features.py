@@ -99,6 +99,21 @@ def _joint(x, y):
     return torch.cat([x.to(F64), y.to(F64)], dim=1)
 
 
+def _staged_rows(metric):
+    """Rows waiting in each group's staging area."""
+    return {group: metric._stores[group].staged_rows for group in ("reference", "candidate")}
+
+
+def _batches_seen(metric):
+    """Batches accumulated per group (the recentring schedule)."""
+    return {group: metric._stores[group].batches_seen for group in ("reference", "candidate")}
+
+
+def _area(metric, group):
+    """The staging area of a group (None until the group stages rows)."""
+    return metric._stores[group]._area
+
+
 # ---------------------------------------------------------------------------------------- 1. staging buffer
 @pytest.mark.parametrize(
     "value, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError), ("8", TypeError)]
@@ -113,34 +128,34 @@ def test_buffer_rows_default_and_lazy_float64_staging_areas():
     dx, dy = 7, 13
     x, y = _pairs(40, dx, dy)
     metric = MutualInformationDivergence((dx, dy), buffer_rows=16)
-    assert metric._staged == {"reference": None, "candidate": None}
+    assert _area(metric, "reference") is None and _area(metric, "candidate") is None
     metric.update(x[:20], y[:20], real=True)  # a batch >= buffer_rows goes straight to the statistics
-    assert metric._staged == {"reference": None, "candidate": None}
+    assert _area(metric, "reference") is None and _area(metric, "candidate") is None
     metric.update(x[20:25], y[20:25], real=True)
-    area = metric._staged["reference"]
+    area = _area(metric, "reference")
     assert area.shape == (16, dx + dy) and area.dtype == F64
-    assert metric._staged["candidate"] is None  # allocated only when its group stages rows
-    assert metric._staged_rows == {"reference": 5, "candidate": 0}
+    assert _area(metric, "candidate") is None  # allocated only when its group stages rows
+    assert _staged_rows(metric) == {"reference": 5, "candidate": 0}
     # The staged rows are the float64 rows [x; y], bit for bit.
     assert _same_bits(area[:5], _joint(x[20:25], y[20:25]))
     metric.update(x[:3].float(), y[:3].float(), real=False)
-    assert metric._staged["candidate"].shape == (16, dx + dy) and metric._staged["candidate"].dtype == F64
-    assert _same_bits(metric._staged["candidate"][:3], _joint(x[:3].float(), y[:3].float()))
+    assert _area(metric, "candidate").shape == (16, dx + dy) and _area(metric, "candidate").dtype == F64
+    assert _same_bits(_area(metric, "candidate")[:3], _joint(x[:3].float(), y[:3].float()))
 
 
 def test_full_staging_area_is_flushed():
     x, y = _pairs(60)
     metric = MutualInformationDivergence(DX, buffer_rows=16)
     metric.update(x[:8], y[:8], real=True)
-    assert metric._staged_rows["reference"] == 8 and int(metric.reference_moments[0]) == 0
+    assert _staged_rows(metric)["reference"] == 8 and int(metric.reference_moments[0]) == 0
     metric.update(x[8:16], y[8:16], real=True)  # exactly full: flushed
-    assert metric._staged_rows["reference"] == 0 and int(metric.reference_moments[0]) == 16
+    assert _staged_rows(metric)["reference"] == 0 and int(metric.reference_moments[0]) == 16
     metric.update(x[16:26], y[16:26], real=True)
     metric.update(x[26:36], y[26:36], real=True)  # would overflow: the 10 staged rows are flushed first
-    assert metric._staged_rows["reference"] == 10 and int(metric.reference_moments[0]) == 26
+    assert _staged_rows(metric)["reference"] == 10 and int(metric.reference_moments[0]) == 26
     metric.update(x[36:60], y[36:60], real=True)  # a batch >= buffer_rows: staged rows first, then the batch
-    assert metric._staged_rows["reference"] == 0 and int(metric.reference_moments[0]) == 60
-    assert metric._batches_seen["reference"] == 4
+    assert _staged_rows(metric)["reference"] == 0 and int(metric.reference_moments[0]) == 60
+    assert _batches_seen(metric)["reference"] == 4
     mean, scatter = moments.mean_and_scatter(metric.reference_moments)
     two_pass = _joint(x, y)
     torch.testing.assert_close(mean, two_pass.mean(0), rtol=1e-13, atol=1e-13)
@@ -175,11 +190,11 @@ def test_staging_area_never_holds_more_than_buffer_rows():
             fed["reference" if real else "candidate"].append((images, texts))
         totals = {group: sum(part[0].shape[0] for part in parts) for group, parts in fed.items()}
         for group in ("reference", "candidate"):
-            assert 0 <= metric._staged_rows[group] <= buffer_rows, (group, metric._staged_rows)
+            assert 0 <= _staged_rows(metric)[group] <= buffer_rows, (group, _staged_rows(metric))
             flushed = int(getattr(metric, f"{group}_moments")[0])
-            assert flushed + metric._staged_rows[group] == totals[group]  # no row lost or counted twice
+            assert flushed + _staged_rows(metric)[group] == totals[group]  # no row lost or counted twice
         assert metric.num_pairs == totals
-    assert unbuffered._staged_rows == {"reference": 0, "candidate": 0}
+    assert _staged_rows(unbuffered) == {"reference": 0, "candidate": 0}
     ref = [torch.cat([part[i] for part in fed["reference"]]) for i in (0, 1)]
     cand = [torch.cat([part[i] for part in fed["candidate"]]) for i in (0, 1)]
     expected = ref_mid(*ref, *cand)
@@ -220,7 +235,7 @@ def test_batch_split_invariance(name):
         _feed_separate(interrupted, x, y, x0, [s])
         if k % 3 == 2 and s.stop > DX + DY:
             interrupted.compute()
-            assert interrupted._staged_rows == {"reference": 0, "candidate": 0}
+            assert _staged_rows(interrupted) == {"reference": 0, "candidate": 0}
     _close(interrupted.compute(), expected)
 
 
@@ -230,20 +245,20 @@ def _staged_metric(buffer_rows=64, pairs=False):
     metric = MutualInformationDivergence(DX, buffer_rows=buffer_rows)
     slices = [slice(0, 65), slice(65, 130), slice(130, 139)]
     (_feed_pairs if pairs else _feed_separate)(metric, x, y, x0, slices)
-    assert metric._staged_rows == {"reference": 9, "candidate": 9}
+    assert _staged_rows(metric) == {"reference": 9, "candidate": 9}
     return metric, (x, y, x0)
 
 
 def test_compute_and_metric_state_flush_but_state_dict_does_not():
     metric, (x, y, x0) = _staged_metric()
     metric.state_dict()
-    assert metric._staged_rows == {"reference": 9, "candidate": 9}
+    assert _staged_rows(metric) == {"reference": 9, "candidate": 9}
     state = metric.metric_state
-    assert metric._staged_rows == {"reference": 0, "candidate": 0}
+    assert _staged_rows(metric) == {"reference": 0, "candidate": 0}
     assert int(state["reference_moments"][0]) == 139 and int(state["candidate_moments"][0]) == 139
     other, _ = _staged_metric()
     _close(other.compute(), ref_mid(x, y, x0, y))
-    assert other._staged_rows == {"reference": 0, "candidate": 0}
+    assert _staged_rows(other) == {"reference": 0, "candidate": 0}
     # Flushing by metric_state or by compute gives the same statistics, bit for bit.
     _assert_same_metric_state(metric, other)
 
@@ -270,7 +285,7 @@ def test_refused_merge_leaves_staged_rows_and_state_bit_identical(bad):
     before = snapshot_state_dict(metric)
     with pytest.raises(ValueError):
         metric.merge_state(incoming)
-    assert metric._staged_rows == {"reference": 9, "candidate": 9}
+    assert _staged_rows(metric) == {"reference": 9, "candidate": 9}
     assert_same_state_dict(metric, before)
 
 
@@ -281,9 +296,9 @@ def test_merge_state_flushes_both_sides_and_is_exact():
     incoming = MutualInformationDivergence(DX, buffer_rows=64)
     incoming.update(xb, yb, real=True)
     incoming.update(x0b, y0b, real=False)
-    assert incoming._staged_rows == {"reference": 50, "candidate": 45}
+    assert _staged_rows(incoming) == {"reference": 50, "candidate": 45}
     metric.merge_state(incoming)
-    assert metric._staged_rows == {"reference": 0, "candidate": 0}
+    assert _staged_rows(metric) == {"reference": 0, "candidate": 0}
     assert metric.num_pairs == {"reference": 189, "candidate": 184}
     expected = ref_mid(torch.cat([x, xb]), torch.cat([y, yb]), torch.cat([x0, x0b]), torch.cat([y, y0b]))
     _close(metric.compute(), expected)
@@ -294,9 +309,9 @@ def test_reset_keeps_staged_reference_rows_only_with_reset_real_features_false(r
     x, y, x0 = _data(200)
     metric = MutualInformationDivergence(DX, buffer_rows=64, reset_real_features=reset_real_features)
     _feed_separate(metric, x, y, x0, _batches(150, [40]))  # the last 30 rows of each group are staged
-    assert metric._staged_rows == {"reference": 30, "candidate": 30}
+    assert _staged_rows(metric) == {"reference": 30, "candidate": 30}
     metric.reset()
-    assert metric._staged_rows == {"reference": 0, "candidate": 0}
+    assert _staged_rows(metric) == {"reference": 0, "candidate": 0}
     kept = 150 if not reset_real_features else 0
     assert metric.num_pairs == {"reference": kept, "candidate": 0}
     x1, y1 = _pairs(60, seed=21, strength=0.3)
@@ -311,7 +326,7 @@ def test_save_reference_includes_staged_rows(tmp_path):
     metric = MutualInformationDivergence(DX, buffer_rows=64)
     metric.update(x[:100], y[:100], real=True)
     metric.update(x[100:], y[100:], real=True)
-    assert metric._staged_rows["reference"] == 20
+    assert _staged_rows(metric)["reference"] == 20
     path = metric.save_reference(tmp_path / "ref.safetensors")
     scorer = MutualInformationDivergence.from_reference(path)
     assert scorer.num_pairs == {"reference": 120, "candidate": 0}
@@ -331,7 +346,7 @@ def test_state_dict_saves_staged_rows_without_flushing_and_is_repeatable():
     assert sorted(extra["staged"]) == ["candidate", "reference"]
     assert _same_bits(extra["staged"]["reference"], _joint(x[130:], y[130:]))
     assert _same_bits(extra["staged"]["candidate"], _joint(x0[130:], y[130:]))
-    assert metric._staged_rows == {"reference": 9, "candidate": 9}
+    assert _staged_rows(metric) == {"reference": 9, "candidate": 9}
     assert_same_state_dict(metric, first)  # a second state_dict() is bitwise the first
     # ... and state_dict() had no side effect: the metric continues exactly like its untouched twin.
     assert _same_bits(metric.compute(), twin.compute())
@@ -353,14 +368,14 @@ def test_checkpoint_with_staged_rows_resumes_bit_for_bit(pairs, via_file):
     slices = _batches(300, [9])
     uninterrupted = feed(MutualInformationDivergence(DX, buffer_rows=32), x, y, x0, slices)
     first = feed(MutualInformationDivergence(DX, buffer_rows=32), x, y, x0, slices[:22])
-    assert first._staged_rows["reference"] > 0 and first._staged_rows["candidate"] > 0
+    assert _staged_rows(first)["reference"] > 0 and _staged_rows(first)["candidate"] > 0
     checkpoint = first.state_dict()
     if via_file:
         checkpoint = _round_trip(checkpoint)
     resumed = MutualInformationDivergence(DX, buffer_rows=32)
     resumed.load_state_dict(checkpoint)
-    assert resumed._staged_rows == first._staged_rows
-    assert resumed._texts_shared is pairs
+    assert _staged_rows(resumed) == _staged_rows(first)
+    assert resumed._stores.texts_shared is pairs
     feed(resumed, x, y, x0, slices[22:])
     assert _same_bits(resumed.compute(), uninterrupted.compute())
     assert torch.equal(resumed.compute(), uninterrupted.compute())
@@ -376,10 +391,10 @@ def test_restore_into_a_smaller_buffer(pairs, buffer_rows):
     slices = _batches(300, [9])
     uninterrupted = feed(MutualInformationDivergence(DX, buffer_rows=32), x, y, x0, slices)
     first = feed(MutualInformationDivergence(DX, buffer_rows=32), x, y, x0, slices[:22])
-    assert first._staged_rows["reference"] > buffer_rows
+    assert _staged_rows(first)["reference"] > buffer_rows
     resumed = MutualInformationDivergence(DX, buffer_rows=buffer_rows)
     resumed.load_state_dict(_round_trip(first.state_dict()))
-    assert all(0 <= count <= buffer_rows for count in resumed._staged_rows.values())
+    assert all(0 <= count <= buffer_rows for count in _staged_rows(resumed).values())
     assert resumed.num_pairs == first.num_pairs
     feed(resumed, x, y, x0, slices[22:])
     _close(resumed.compute(), uninterrupted.compute().item())
@@ -427,7 +442,7 @@ def test_invalid_extra_state_is_refused_and_changes_nothing(name, how):
         else:
             metric.set_extra_state(bad)
     assert_same_state_dict(metric, before)
-    assert metric._staged_rows == {"reference": 9, "candidate": 9}
+    assert _staged_rows(metric) == {"reference": 9, "candidate": 9}
 
 
 @pytest.mark.parametrize("rows", ["int64", "list"])
@@ -453,8 +468,8 @@ def test_old_extra_state_with_batch_counts_only_still_loads():
     checkpoint["_extra_state"] = {"reference": 11, "candidate": 11}  # mid-metric 0.2
     resumed = MutualInformationDivergence(DX, buffer_rows=1)
     resumed.load_state_dict(checkpoint)
-    assert resumed._batches_seen == {"reference": 11, "candidate": 11}
-    assert resumed._staged_rows == {"reference": 0, "candidate": 0} and resumed._texts_shared is False
+    assert _batches_seen(resumed) == {"reference": 11, "candidate": 11}
+    assert _staged_rows(resumed) == {"reference": 0, "candidate": 0} and resumed._stores.texts_shared is False
     _feed_separate(resumed, x, y, x0, slices[11:])
     assert _same_bits(resumed.compute(), uninterrupted.compute())
     _assert_same_metric_state(resumed, uninterrupted)
@@ -463,7 +478,7 @@ def test_old_extra_state_with_batch_counts_only_still_loads():
     target.load_state_dict(
         {**MutualInformationDivergence(DX).state_dict(), "_extra_state": {"reference": 3, "candidate": 2}}
     )
-    assert target._batches_seen == {"reference": 3, "candidate": 2}
+    assert _batches_seen(target) == {"reference": 3, "candidate": 2}
 
 
 # --------------------------------------------------------------------- 3. pmi and forward leave statistics alone
@@ -475,10 +490,10 @@ def test_pmi_and_the_forward_batch_score_never_change_the_statistics():
     for s in _batches(260, [50, 7, 30]):
         for metric in (scored, plain):
             metric.update(x[s], y[s], real=True)
-        staged = dict(scored._staged_rows)
+        staged = dict(_staged_rows(scored))
         before = snapshot_state_dict(scored)
         values = scored.pmi(probe_x, probe_y)
-        assert scored._staged_rows == staged  # nothing flushed
+        assert _staged_rows(scored) == staged  # nothing flushed
         assert_same_state_dict(scored, before)
         # The pmi uses every reference pair so far, staged ones included.
         torch.testing.assert_close(values, ref_pmi(x[: s.stop], y[: s.stop], probe_x, probe_y), rtol=1e-9, atol=0)
@@ -592,7 +607,7 @@ def _pairs_vs_separate(dx, dy, buffer_rows, sizes):
     slices = _batches(300, sizes)
     paired = _feed_pairs(MutualInformationDivergence((dx, dy), buffer_rows=buffer_rows), x, y, x0, slices)
     separate = _feed_separate(MutualInformationDivergence((dx, dy), buffer_rows=buffer_rows), x, y, x0, slices)
-    assert paired._texts_shared and not separate._texts_shared
+    assert paired._stores.texts_shared and not separate._stores.texts_shared
     _close(paired.compute(), ref_mid(x, y, x0, y))
     assert torch.equal(paired.compute(), separate.compute())
     _assert_same_metric_state(paired, separate)
@@ -651,14 +666,14 @@ def test_update_pairs_mixed_with_update(buffer_rows):
     slices = _batches(300, [7])
     _feed_pairs(paired, x, y, x0, slices[:20])
     _feed_separate(separate, x, y, x0, slices[:20])
-    assert paired._texts_shared
+    assert paired._stores.texts_shared
     for metric in (paired, separate):
         metric.update(extra_x, extra_y, real=True)
         metric.update(extra_x[:5], extra_y[:5], real=False)
-    assert not paired._texts_shared
+    assert not paired._stores.texts_shared
     _feed_pairs(paired, x, y, x0, slices[20:])
     _feed_separate(separate, x, y, x0, slices[20:])
-    assert not paired._texts_shared  # update_pairs does not turn it back on
+    assert not paired._stores.texts_shared  # update_pairs does not turn it back on
     expected = ref_mid(
         torch.cat([x, extra_x]), torch.cat([y, extra_y]), torch.cat([x0, extra_x[:5]]), torch.cat([y, extra_y[:5]])
     )
@@ -698,33 +713,33 @@ def test_update_pairs_errors_name_the_argument_and_change_nothing(name):
     with pytest.raises(error, match=match):
         metric.update_pairs(*inputs)
     assert_same_state_dict(metric, before)
-    assert metric._texts_shared and metric._staged_rows == {"reference": 50, "candidate": 50}
+    assert metric._stores.texts_shared and _staged_rows(metric) == {"reference": 50, "candidate": 50}
 
 
 def test_texts_shared_flag_lifecycle():
     x, y, x0 = _data(60)
     metric = MutualInformationDivergence(DX)
-    assert metric._texts_shared
+    assert metric._stores.texts_shared
     metric.update_pairs(x[:20], y[:20], x0[:20])
-    assert metric._texts_shared
+    assert metric._stores.texts_shared
     metric.update(x0[20:30], y[20:30], real=False)
-    assert not metric._texts_shared
+    assert not metric._stores.texts_shared
     metric.reset()  # reset_real_features=True: everything is empty again
-    assert metric._texts_shared
+    assert metric._stores.texts_shared
     metric.update_pairs(x[:20], y[:20], x0[:20])
     other = MutualInformationDivergence(DX)
     other.update_pairs(x[20:40], y[20:40], x0[20:40])
     metric.merge_state(other)
-    assert not metric._texts_shared
+    assert not metric._stores.texts_shared
 
     keeping = MutualInformationDivergence(DX, reset_real_features=False)
     keeping.update(x0[:10], y[:10], real=False)  # candidates only: the reference stays empty
-    assert not keeping._texts_shared
+    assert not keeping._stores.texts_shared
     keeping.reset()
-    assert keeping._texts_shared
+    assert keeping._stores.texts_shared
     keeping.update_pairs(x[:20], y[:20], x0[:20])
     keeping.reset()  # the kept reference has rows, the candidates none: their texts differ now
-    assert not keeping._texts_shared
+    assert not keeping._stores.texts_shared
     keeping.update_pairs(x[20:], y[20:], x0[20:])
     _close(keeping.compute(), ref_mid(x, y, x0[20:], y[20:]))
 
@@ -753,7 +768,7 @@ def test_texts_shared_restored_only_when_text_statistics_agree(mismatch):
         cand = (torch.cat([x0[: 180 - dropped], x0[180:]]), torch.cat([y[: 180 - dropped], y[180:]]))
     restored = MutualInformationDivergence(DX, buffer_rows=32)
     restored.load_state_dict(checkpoint)
-    assert restored._texts_shared is False
+    assert restored._stores.texts_shared is False
     _feed_pairs(restored, x, y, x0, slices[20:])
     _close(restored.compute(), ref_mid(x, y, *cand))
 
@@ -763,11 +778,11 @@ def test_texts_shared_restored_when_text_statistics_agree():
     source = _feed_pairs(MutualInformationDivergence(DX, buffer_rows=32), x, y, x0, _batches(200, [9]))
     restored = MutualInformationDivergence(DX, buffer_rows=32)
     restored.load_state_dict(source.state_dict())
-    assert restored._texts_shared is True
+    assert restored._stores.texts_shared is True
     flag_off = source.state_dict()
     flag_off["_extra_state"]["texts_shared"] = False
     restored.load_state_dict(flag_off)
-    assert restored._texts_shared is False
+    assert restored._stores.texts_shared is False
 
 
 # ---------------------------------------------------------------------------------- 6. reference fit cache
@@ -930,11 +945,11 @@ def test_num_pairs_counts_staged_rows_and_loaded_files_and_changes_nothing(tmp_p
     metric.update(x[70:170], y[70:170], real=True)  # 100 rows: flushed
     metric.update(x[170:], y[170:], real=True)  # 30 rows: staged
     metric.update(x0[:10], y[:10], real=False)
-    assert metric._staged_rows == {"reference": 30, "candidate": 10}
+    assert _staged_rows(metric) == {"reference": 30, "candidate": 10}
     before = snapshot_state_dict(metric)
     assert metric.num_pairs == {"reference": 200, "candidate": 10}
     assert metric.num_pairs == {"reference": 200, "candidate": 10}
-    assert metric._staged_rows == {"reference": 30, "candidate": 10}
+    assert _staged_rows(metric) == {"reference": 30, "candidate": 10}
     assert_same_state_dict(metric, before)
     metric.update(x0[10:], y[10:], real=False)
     _close(metric.compute(), ref_mid(x, y, x0, y))

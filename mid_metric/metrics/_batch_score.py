@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from torch import Tensor
+from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from mid_metric._checks import check_finite_result
 from mid_metric.gaussian import (
@@ -13,8 +14,9 @@ from mid_metric.gaussian import (
     pointwise_mutual_information_by_products,
     whitening_matrices,
 )
+from mid_metric.metrics._base import are_features
 
-__all__ = ["RefitSchedule", "BatchScorer"]
+__all__ = ["RefitSchedule", "BatchScorer", "ForwardMethod"]
 
 
 class RefitSchedule:
@@ -119,3 +121,46 @@ class BatchScorer:
             return check_finite_result(value, "the batch PMI")
         except ValueError:
             return None
+
+
+class ForwardMethod:
+    """The ``forward`` of :class:`~mid_metric.MutualInformationDivergence`: accumulate, then score the batch.
+
+    Mixed into the metric, which provides the attributes annotated here.
+    """
+
+    _is_synced: bool
+    _forward_cache: Any
+    _batch_scores: BatchScorer
+    feature_extractor: Any
+    extract_features: Any
+    update: Any
+    num_pairs: dict[str, int]
+    _fitted_reference: Callable[[], GaussianReference]
+
+    def forward(self, images: Any, texts: Any, real: bool) -> Optional[Tensor]:
+        """Accumulate a batch, like :meth:`update`, and return a batch score when one is defined.
+
+        A batch on its own cannot be scored (it has no reference of its own), so, unlike most torchmetrics
+        metrics, ``forward`` does not compute MID on the batch. It adds the batch to the global state and returns
+        the mean PMI of a candidate batch, a progress indicator; otherwise (reference batches, or no usable
+        reference yet) it returns ``None``. Log the metric object itself for the epoch value, which is exact.
+
+        The reference the batches are scored with is refitted on a schedule, not on every call: when first
+        needed, then each time the reference pairs seen since its fit are as many as it was fitted on (so it has
+        at least half of them, and an epoch of ``S`` steps refits about ``log2(S)`` times). A failed fit (too few
+        pairs yet) is retried on the same schedule. :meth:`pmi` always uses the current reference.
+        """
+        if self._is_synced:
+            raise TorchMetricsUserError(
+                "The Metric shouldn't be synced when performing ``forward``. HINT: Did you forget to call ``unsync`` ?."
+            )
+        if self.feature_extractor is not None and not are_features(images, texts):
+            images, texts = self.extract_features(images, texts)  # encode once, for update and the batch score
+        self.update(images, texts, real=real)
+        batch_value = None
+        if not real and images.shape[0] > 0:
+            reference_rows = lambda: self.num_pairs["reference"]  # noqa: E731 - asked only when a fit fails
+            batch_value = self._batch_scores.score(self._fitted_reference, reference_rows, images, texts)
+        self._forward_cache = batch_value
+        return batch_value

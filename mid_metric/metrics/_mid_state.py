@@ -1,4 +1,4 @@
-"""MID's states from outside: checkpoints and merges, checked whole before anything changes.
+"""MID's states and the outside: checkpoints, merges and syncs, each checked whole before anything changes.
 
 ``MutualInformationDivergence`` registers with torchmetrics, in this order: ``state_format`` (``[version, Dx, Dy]``),
 ``jackknife_settings`` (``[K, key index]``, with the jackknife only), and each store's state: ``reference_moments``
@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from mid_metric import jackknife
-from mid_metric._checks import check_packed_moments, check_state_format
-from mid_metric.store import GROUPS, JackknifeStore, PairedStores
+from mid_metric._checks import check_packed_moments, check_state_format, same_state_format, state_format
+from mid_metric.store import GROUPS, JackknifeStore, MomentStore, PairedStores
 
 __all__ = ["StateMethods", "store_state"]
 
@@ -67,8 +67,12 @@ class StateMethods:
 
     image_dim: int
     text_dim: int
+    eps: float
+    bias_correction: Union[bool, str]
     jackknife_groups: int
     jackknife_key: str
+    buffer_rows: int
+    add_checked_state: Any
     uses_jackknife: bool
     state_format: Tensor
     _stores: PairedStores
@@ -77,12 +81,34 @@ class StateMethods:
     _defaults: dict[str, Any]
     _modules: dict[str, Any]
     _computed: Any
+    _is_synced: bool
+    _batch_scores: Any
     _strict_load = True  # the `strict` of the load_state_dict in progress (nested loads are taken as strict)
 
     def _reference_replaced(self) -> None:
         raise NotImplementedError
 
     # -------------------------------------------------------------------------------------------- records
+    def _register_stores(self) -> None:
+        """Build the two stores, and register their states and the records before them with torchmetrics."""
+        sizes = (self.image_dim + self.text_dim, self.image_dim, self.buffer_rows)
+        if self.uses_jackknife:
+            stores = [JackknifeStore(*sizes, self.jackknife_groups, self.jackknife_key) for _ in GROUPS]
+        else:
+            stores = [MomentStore(*sizes) for _ in GROUPS]
+        self._stores = PairedStores(*stores)
+        # [format version, image_dim, text_dim]: lets state_dict, merge_state and the DDP sync refuse statistics of
+        # another feature split. Added first, so the sync compares it before it reduces any statistics.
+        own_format = state_format(self.image_dim, self.text_dim)
+        self.add_checked_state("state_format", own_format, same_state_format, self._check_format)
+        if self.uses_jackknife:  # the jackknife's [K, key index], compared next
+            settings = self._own_jackknife_settings()
+            self.add_checked_state("jackknife_settings", settings, same_state_format, self._check_settings)
+        for group in GROUPS:
+            store = self._stores[group]
+            name = f"{group}_{store.state_suffix}"
+            self.add_checked_state(name, store.empty_state(), store.reduce, store.check_state)
+
     def _own_jackknife_settings(self) -> Tensor:
         return torch.tensor([self.jackknife_groups, jackknife.GROUP_KEYS.index(self.jackknife_key)], dtype=torch.int64)
 
@@ -97,6 +123,32 @@ class StateMethods:
 
     def _check_format(self, value: object, name: str) -> Tensor:
         return check_state_format(value, name, self.state_format)
+
+    # ------------------------------------------------------------------------------------- sync and devices
+    def _sync_settings(self) -> dict[str, object]:
+        """The settings every rank must share before a sync: those of the base class, the estimator's and ``eps``."""
+        jackknife_settings = (self.jackknife_groups, self.jackknife_key) if self.uses_jackknife else (None, None)
+        return {
+            **super()._sync_settings(),  # type: ignore[misc]
+            "bias_correction": self.bias_correction,
+            "jackknife_groups": jackknife_settings[0],
+            "jackknife_key": jackknife_settings[1],
+            "eps": self.eps,
+        }
+
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """Flush the staged rows, then sync the states across processes as :meth:`torchmetrics.Metric.sync`."""
+        if not self._is_synced:
+            self._stores.flush()
+        super().sync(*args, **kwargs)
+
+    def _apply(self, fn: Any, exclude_state: Any = "") -> Any:
+        result = super()._apply(fn, exclude_state)
+        if hasattr(self, "_loaded"):  # the files' statistics and the staged rows are no states: they follow them
+            self._loaded.to(self._stores.reference.device)
+            self._stores.follow_state_device()
+            self._batch_scores.clear()
+        return result
 
     # ------------------------------------------------------------------------------------------ extra state
     def get_extra_state(self) -> dict[str, Any]:

@@ -4,43 +4,36 @@ from __future__ import annotations
 
 from typing import Any, Optional, Union
 
-import torch
 from torch import Tensor
-from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from mid_metric import jackknife, uncertainty
 from mid_metric._checks import (
     check_bias_correction,
     check_bool,
     check_eps,
-    check_features,
     check_finite_result,
     check_level,
     check_positive_int,
-    check_same_batch,
-    check_within_bound,
-    same_state_format,
-    state_format,
 )
-from mid_metric.features import count_images
 from mid_metric.functional.mid import divergence_from_moments
 from mid_metric.gaussian import GaussianReference, pointwise_mutual_information_from_reference
-from mid_metric.metrics._base import FeatureSpec, PairedFeatureMetric, are_features
-from mid_metric.metrics._batch_score import BatchScorer
+from mid_metric.metrics._base import FeatureSpec, PairedFeatureMetric
+from mid_metric.metrics._batch_score import BatchScorer, ForwardMethod
 from mid_metric.metrics._loaded_reference import LoadedReference, PathLike, ReferenceFileMethods
 from mid_metric.metrics._mid_plot import PlotMethod
 from mid_metric.metrics._mid_state import StateMethods, store_state
 from mid_metric.metrics._reference_fit import ReferenceFit
+from mid_metric.metrics._shared_text_batch import shared_text_batch
 from mid_metric.result import MIDResult
-from mid_metric.store import GROUPS, JackknifeStore, MomentStore, PairedStores
+from mid_metric.store import GROUPS
 from mid_metric.sync import sync_state
 
 # Default staging buffer: rows per group (GEMMs over fewer rows are memory-bound on the J x J state), and the rows
-# per jackknife group that a flush should carry with bias_correction="jackknife".
-_BUFFER_ROWS, _JACKKNIFE_ROWS_PER_GROUP = 1024, 256
+# per jackknife group that a flush should carry with bias_correction="jackknife" (as many, for the same reason).
+_BUFFER_ROWS, _JACKKNIFE_ROWS_PER_GROUP = 1024, 1024
 
 
-class MutualInformationDivergence(ReferenceFileMethods, PlotMethod, StateMethods, PairedFeatureMetric):
+class MutualInformationDivergence(ForwardMethod, ReferenceFileMethods, PlotMethod, StateMethods, PairedFeatureMetric):
     r"""Mutual Information Divergence (Kim et al., NeurIPS 2022) with streaming float64 Gaussian statistics.
 
     Reference pairs ``(x, y)`` (real images and their captions) define a joint Gaussian; candidate pairs
@@ -80,7 +73,8 @@ class MutualInformationDivergence(ReferenceFileMethods, PlotMethod, StateMethods
             ``merge_state`` and ``save_reference``; :meth:`pmi`, ``forward``'s batch scores and ``state_dict`` (which
             saves the staged rows) read it without flushing. It never holds more rows than this, and costs
             ``16 * buffer_rows * (Dx + Dy)`` bytes (25 MB at 1024 rows for ViT-L/14). ``None`` means 1024, or
-            ``256 * jackknife_groups`` with ``bias_correction="jackknife"``, whose flushes are split among the groups.
+            ``1024 * jackknife_groups`` with ``bias_correction="jackknife"``, whose flushes are split among the
+            groups (each group's state then gets as many rows a flush as the one state of ``True``).
         bias_correction: ``False`` (the default) is the paper's estimator, which published numbers use. ``True``
             computes the Gaussian bias-corrected MID (:mod:`mid_metric.wishart`), which estimates the same
             population value at any ``N`` when the features are Gaussian. ``"jackknife"`` adds a grouped jackknife
@@ -150,34 +144,18 @@ class MutualInformationDivergence(ReferenceFileMethods, PlotMethod, StateMethods
         self.bias_correction = check_bias_correction(bias_correction, self.eps, allow_jackknife=True)
         self.jackknife_groups = jackknife.check_num_groups(jackknife_groups, "jackknife_groups")
         self.jackknife_key = jackknife.check_key(jackknife_key, "jackknife_key")
-        if buffer_rows is None:  # the jackknife splits each flush K ways: give every group about 256 rows
+        if buffer_rows is None:  # the jackknife splits each flush K ways: give every group about 1024 rows
             buffer_rows = _JACKKNIFE_ROWS_PER_GROUP * self.jackknife_groups if self.uses_jackknife else _BUFFER_ROWS
         self.buffer_rows = check_positive_int(buffer_rows, "buffer_rows")
         self.reset_real_features = check_bool(reset_real_features, "reset_real_features")
         self.check_feature_extractor = check_bool(check_feature_extractor, "check_feature_extractor")
-        joint_dim = self.image_dim + self.text_dim
-        sizes = (joint_dim, self.image_dim, self.buffer_rows)
-        if self.uses_jackknife:
-            stores = [JackknifeStore(*sizes, self.jackknife_groups, self.jackknife_key) for _ in GROUPS]
-        else:
-            stores = [MomentStore(*sizes) for _ in GROUPS]
-        self._stores = PairedStores(*stores)
-        # [format version, image_dim, text_dim]: lets state_dict, merge_state and the DDP sync refuse statistics of
-        # another feature split. Added first, so the sync compares it before it reduces any statistics.
-        own_format = state_format(self.image_dim, self.text_dim)
-        self.add_checked_state("state_format", own_format, same_state_format, self._check_format)
-        if self.uses_jackknife:  # the jackknife's [K, key index], compared next
-            settings = self._own_jackknife_settings()
-            self.add_checked_state("jackknife_settings", settings, same_state_format, self._check_settings)
-        for group in GROUPS:
-            store = self._stores[group]
-            check = store.check_state
-            self.add_checked_state(f"{group}_{store.state_suffix}", store.empty_state(), store.reduce, check)
+        self._register_stores()  # the reference's and the candidates' stores, whose states torchmetrics syncs
         self._reference_fit = ReferenceFit()  # the reference fitted for compute() and pmi()
         self._batch_scores = BatchScorer()  # forward's batch scores and their refit schedule
         # The last result, with the reference and the candidates' moments (or the jackknife's estimates) it came from.
         self._last: Optional[tuple[MIDResult, GaussianReference, Union[Tensor, jackknife.JackknifeEstimates]]] = None
-        self._loaded = LoadedReference(joint_dim)  # statistics of reference files, apart from the synced state
+        # Statistics of reference files, apart from the synced state.
+        self._loaded = LoadedReference(self.image_dim + self.text_dim)
         if reference is not None:
             self.load_reference(reference)
 
@@ -185,17 +163,6 @@ class MutualInformationDivergence(ReferenceFileMethods, PlotMethod, StateMethods
     def uses_jackknife(self) -> bool:
         """Whether ``bias_correction="jackknife"``: each group's store then keeps ``jackknife_groups`` states."""
         return self.bias_correction == "jackknife"
-
-    def _sync_settings(self) -> dict[str, object]:
-        """The settings every rank must share before a sync: those of the base class, the estimator's and ``eps``."""
-        jackknife_settings = (self.jackknife_groups, self.jackknife_key) if self.uses_jackknife else (None, None)
-        return {
-            **super()._sync_settings(),  # type: ignore[misc]
-            "bias_correction": self.bias_correction,
-            "jackknife_groups": jackknife_settings[0],
-            "jackknife_key": jackknife_settings[1],
-            "eps": self.eps,
-        }
 
     # ------------------------------------------------------------------------------------------------ update
     def update(self, images: Any, texts: Any, real: bool) -> None:
@@ -259,20 +226,7 @@ class MutualInformationDivergence(ReferenceFileMethods, PlotMethod, StateMethods
 
     def _update_pairs(self, real_images: Any, captions: Any, generated_images: Any) -> None:
         self._check_device()
-        extractor = self.feature_extractor
-        if extractor is not None and not are_features(real_images, captions):
-            real_images, captions = self.extract_features(real_images, captions)
-        if extractor is not None and not are_features(generated_images, captions):
-            count = count_images(generated_images)
-            generated_images = extractor.encode_images(generated_images) if count else torch.empty(0, self.image_dim)
-        if self.validate_args:
-            named = {"real_images": real_images, "captions": captions, "generated_images": generated_images}
-            dims = {"real_images": self.image_dim, "captions": self.text_dim, "generated_images": self.image_dim}
-            named = {name: check_features(value, name, dims[name], check_finite=False) for name, value in named.items()}
-            check_same_batch(named["real_images"], named["captions"], "real_images", "captions")
-            check_same_batch(named["generated_images"], named["captions"], "generated_images", "captions")
-            check_within_bound(named)  # one host sync for the three
-            real_images, captions, generated_images = named.values()
+        real_images, captions, generated_images = shared_text_batch(self, real_images, captions, generated_images)
         if real_images.shape[0] > 0:
             self._stores.add_pairs(real_images, captions, generated_images)
             self._batch_scores.add_reference_rows(real_images.shape[0])
@@ -414,33 +368,6 @@ class MutualInformationDivergence(ReferenceFileMethods, PlotMethod, StateMethods
         return check_finite_result(values, "PMI")
 
     # ---------------------------------------------------------------------------------- torchmetrics hooks
-    def forward(self, images: Any, texts: Any, real: bool) -> Optional[Tensor]:
-        """Accumulate a batch, like :meth:`update`, and return a batch score when one is defined.
-
-        A batch on its own cannot be scored (it has no reference of its own), so, unlike most torchmetrics
-        metrics, ``forward`` does not compute MID on the batch. It adds the batch to the global state and returns
-        the mean PMI of a candidate batch, a progress indicator; otherwise (reference batches, or no usable
-        reference yet) it returns ``None``. Log the metric object itself for the epoch value, which is exact.
-
-        The reference the batches are scored with is refitted on a schedule, not on every call: when first
-        needed, then each time the reference pairs seen since its fit are as many as it was fitted on (so it has
-        at least half of them, and an epoch of ``S`` steps refits about ``log2(S)`` times). A failed fit (too few
-        pairs yet) is retried on the same schedule. :meth:`pmi` always uses the current reference.
-        """
-        if self._is_synced:
-            raise TorchMetricsUserError(
-                "The Metric shouldn't be synced when performing ``forward``. HINT: Did you forget to call ``unsync`` ?."
-            )
-        if self.feature_extractor is not None and not are_features(images, texts):
-            images, texts = self.extract_features(images, texts)  # encode once, for update and the batch score
-        self.update(images, texts, real=real)
-        batch_value = None
-        if not real and images.shape[0] > 0:
-            reference_rows = lambda: self.num_pairs["reference"]  # noqa: E731 - asked only when a fit fails
-            batch_value = self._batch_scores.score(self._fitted_reference, reference_rows, images, texts)
-        self._forward_cache = batch_value
-        return batch_value
-
     def reset(self) -> None:
         """Reset the state; keep the reference statistics when ``reset_real_features=False``."""
         keep = not self.reset_real_features
@@ -461,17 +388,3 @@ class MutualInformationDivergence(ReferenceFileMethods, PlotMethod, StateMethods
         self._batch_scores.clear()
         self._computed = None
         self._last = None
-
-    def sync(self, *args: Any, **kwargs: Any) -> None:
-        """Flush the staged rows, then sync the states across processes as :meth:`torchmetrics.Metric.sync`."""
-        if not self._is_synced:
-            self._stores.flush()
-        super().sync(*args, **kwargs)
-
-    def _apply(self, fn: Any, exclude_state: Any = "") -> Any:
-        result = super()._apply(fn, exclude_state)
-        if hasattr(self, "_loaded"):  # the files' statistics and the staged rows are no states: they follow them
-            self._loaded.to(self._stores.reference.device)
-            self._stores.follow_state_device()
-            self._batch_scores.clear()
-        return result
