@@ -21,10 +21,19 @@ no rank has seen any, the result is an empty state on every rank.
 record is added first, so it is gathered and compared before any packed state is reduced: ranks built with another
 feature split then all raise the same clear error, instead of aborting inside the collective (a size mismatch) or
 silently mixing statistics of different splits (the same total size).
+
+:func:`check_same_settings` runs before any state of a metric of this package is exchanged: every rank describes the
+settings that change its metric's value or the layout of its states (``PairedFeatureMetric._sync_settings``), and
+the ranks all-gather one int64 digest of that description (SHA-256 of its canonical JSON text; Python's ``hash`` of
+a string differs between processes). The collective has one fixed shape whatever the settings, so it cannot hang
+when they differ. When the digests differ, the ranks gather the descriptions themselves and all raise the same
+``ValueError``, which names each differing setting with every rank's value.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Optional
 
 import torch
@@ -100,6 +109,107 @@ def _gather(tensor: Tensor, group: Optional[Any]) -> list[Tensor]:
     parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, tensor.contiguous(), group=group)
     return parts
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """Return the canonical JSON text of a metric's settings (keys sorted), which the ranks compare.
+
+    Raises:
+        TypeError: If a key is not a string or a value is not a bool, int, float, str or ``None``.
+
+    Example:
+        >>> settings_text({"weight": 2.5, "metric": "CLIPScore", "clamp": True})
+        '{"clamp": true, "metric": "CLIPScore", "weight": 2.5}'
+    """
+    for name, value in settings.items():
+        if not isinstance(name, str) or not (value is None or isinstance(value, (bool, int, float, str))):
+            raise TypeError(
+                f"A metric's sync settings map names to bools, ints, floats, strings or None; got {name!r}:"
+                f" {type(value).__name__}."
+            )
+    return json.dumps(settings, sort_keys=True)
+
+
+def settings_digest(text: str) -> int:
+    """Return a stable signed 64-bit digest of a settings text: the first 8 bytes of its SHA-256.
+
+    Example:
+        >>> settings_digest('{"metric": "InfoNCE"}') == settings_digest('{"metric": "InfoNCE"}')
+        True
+    """
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "little", signed=True)
+
+
+def _gather_texts(text: str, group: Optional[Any], device: torch.device) -> list[str]:
+    """All-gather one string per rank: its length first, then its UTF-8 bytes padded to the longest."""
+    data = torch.tensor(list(text.encode("utf-8")), dtype=torch.uint8, device=device)
+    lengths = [int(length) for length in _gather(torch.tensor([data.numel()], dtype=torch.int64, device=device), group)]
+    padded = torch.zeros(max(lengths), dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    parts = _gather(padded, group)
+    return [bytes(part[:length].tolist()).decode("utf-8") for part, length in zip(parts, lengths)]
+
+
+def describe_settings_mismatch(per_rank: list[dict[str, Any]]) -> str:
+    """Return the error message for ranks whose settings differ: each differing setting with every rank's value.
+
+    Example:
+        >>> print(describe_settings_mismatch([{"metric": "InfoNCE", "temperature": 1.0},
+        ...                                   {"metric": "InfoNCE", "temperature": 0.01}]))
+        The processes built InfoNCE with different settings, so their states cannot be combined: `temperature` \
+(rank 0: 1.0; rank 1: 0.01). Build the metric with the same arguments on every rank.
+    """
+    names = sorted({str(settings.get("metric")) for settings in per_rank})
+    keys = sorted({key for settings in per_rank for key in settings})
+
+    def shown(settings: dict[str, Any], key: str) -> str:
+        return repr(settings[key]) if key in settings else "(none)"
+
+    differing = [key for key in keys if len({shown(settings, key) for settings in per_rank}) > 1]
+    if "metric" in differing:  # different metrics altogether: their other settings do not compare
+        differing = ["metric"]
+    described = "; ".join(
+        f"`{key}` ({'; '.join(f'rank {rank}: {shown(settings, key)}' for rank, settings in enumerate(per_rank))})"
+        for key in differing
+    )
+    return (
+        f"The processes built {' and '.join(names)} with different settings, so their states cannot be combined:"
+        f" {described}. Build the metric with the same arguments on every rank."
+    )
+
+
+def check_same_settings(
+    settings: dict[str, Any], group: Optional[Any] = None, device: Optional[torch.device] = None
+) -> None:
+    """Raise the same ``ValueError`` on every rank of ``group`` when the ranks' metric settings differ.
+
+    A collective: every rank must call it. It all-gathers one int64 digest of :func:`settings_text` (a fixed
+    shape, so it returns or raises on every rank whatever the settings); only when the digests differ does it
+    gather the texts too, to name the differing settings. Without ``torch.distributed`` initialised it does
+    nothing.
+
+    Args:
+        settings: This rank's settings (see :func:`settings_text` for the values allowed).
+        group: Process group; ``None`` means the default group.
+        device: Where the gathered tensors live (a CUDA device for NCCL); ``None`` means the CPU.
+
+    Raises:
+        ValueError: If the ranks' settings differ (see :func:`describe_settings_mismatch`).
+        TypeError: If a setting's value is not allowed.
+
+    Example:
+        >>> check_same_settings({"metric": "CLIPScore", "clamp": True})   # one process here: nothing to compare
+    """
+    text = settings_text(settings)
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    device = torch.device("cpu") if device is None else device
+    digest = torch.tensor([settings_digest(text)], dtype=torch.int64, device=device)
+    digests = [int(value) for value in _gather(digest, group)]
+    if len(set(digests)) == 1:
+        return
+    per_rank = [json.loads(gathered) for gathered in _gather_texts(text, group, device)]
+    raise ValueError(describe_settings_mismatch(per_rank))
 
 
 def sync_state(tensor: Tensor, group: Optional[Any] = None) -> list[Tensor]:

@@ -166,7 +166,11 @@ def test_accumulation_continues_after_compute(reports, scenario):
 def test_ranks_with_different_feature_sizes_all_raise_the_same_error(reports, scenario):
     errors = [report[scenario]["error"] for report in reports]
     assert errors[0] is not None and errors[0] == errors[1]
-    assert "different feature sizes" in errors[0]
-    for rank, dims in MISMATCHES[scenario].items():
-        assert f"rank {rank}: state format 2 with (image_dim, text_dim) = {dims}" in errors[0]
+    assert "built MutualInformationDivergence with different settings" in errors[0]
+    for index, name in enumerate(("image_dim", "text_dim")):
+        sizes = [MISMATCHES[scenario][rank][index] for rank in (0, 1)]
+        if sizes[0] != sizes[1]:
+            assert f"`{name}` (rank 0: {sizes[0]}; rank 1: {sizes[1]})" in errors[0]
+        else:
+            assert f"`{name}`" not in errors[0]
     assert all(report[scenario]["unchanged"] for report in reports)

@@ -119,11 +119,12 @@ def test_all_reduce_sync_sends_one_state_per_state_independent_of_n(reports):
     for report in reports:
         traffic = [(report[f"all_reduce/{n}"]["sent"], report[f"all_reduce/{n}"]["received"]) for n in SIZES]
         assert traffic[0] == traffic[1], "sync traffic must not depend on the number of samples"
-        # Two states (reference, candidates), each exactly one state's size in two all-reduces, after the
-        # 3-number int64 format record gathered from every rank (checked before any statistics move).
-        record_bytes = 3 * 8
+        # Two states (reference, candidates), each exactly one state's size in two all-reduces, after the one
+        # int64 digest of the settings and the 3-number int64 format record, each gathered from every rank
+        # (checked before any statistics move).
+        record_bytes = 8 + 3 * 8
         assert traffic[0] == (2 * state_bytes + record_bytes, 2 * state_bytes + WORLD * record_bytes)
-        assert report[f"all_reduce/{SIZES[0]}"]["calls"] == ["all_gather"] + ["all_reduce"] * 4
+        assert report[f"all_reduce/{SIZES[0]}"]["calls"] == ["all_gather"] * 2 + ["all_reduce"] * 4
         # torchmetrics' all-gather sync sends as much, but every rank receives world_size states per state.
         gathered = report[f"all_gather/{SIZES[1]}"]
         assert gathered["received"] >= WORLD * 2 * state_bytes

@@ -1,5 +1,12 @@
 """Cosine similarities in float64, per pair and blockwise over all candidate captions.
 
+Every cosine here is taken between rows scaled to unit norm by :func:`unit_rows`, which divides each row by its
+largest magnitude before it takes the norm: a float64 row of norm 1e-200 or 1e200 gets its exact direction (the
+norm alone would underflow to 0 or overflow to infinity). CLIP-R-Precision and InfoNCE keep their candidate
+features as :func:`stored_rows` (float32 rows, scaled by a power of two so that none underflows or overflows), and
+their functional forms score the same rows, so that a metric class and its function give the same value on the
+same pairs.
+
 CLIP-R-Precision and InfoNCE score every candidate image against every candidate caption. :func:`score_blocks`
 yields those scores a block of images at a time, so that memory stays ``O(block * M)`` instead of ``O(M^2)``: the
 captions are normalised once in float64 (``8 M D`` bytes), and each block of ``rows`` images gives a
@@ -8,6 +15,7 @@ captions are normalised once in float64 (``8 M D`` bytes), and each block of ``r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Optional
 
@@ -21,12 +29,55 @@ BLOCK_ELEMENTS = 1 << 22
 def unit_rows(features: Tensor) -> Tensor:
     """Return the rows of ``features`` in float64, scaled to unit L2 norm (a zero row stays zero).
 
+    Each row is first divided by its largest magnitude, so that its norm is taken from values in ``[-1, 1]`` (at
+    least one of them of magnitude 1): it can neither underflow nor overflow, whatever the scale of the row.
+
     Example:
         >>> unit_rows(torch.tensor([[3.0, 4.0]])).tolist()
         [[0.6, 0.8]]
+        >>> unit_rows(torch.tensor([[3e-200, 4e-200], [3e200, 4e200]], dtype=torch.float64)).tolist()
+        [[0.6, 0.8], [0.6, 0.8]]
     """
     rows = features.to(torch.float64, copy=True)  # one allocation: scaled in place
-    return rows.div_(torch.linalg.vector_norm(rows, dim=1, keepdim=True).clamp_min_(1e-300))
+    largest = torch.linalg.vector_norm(rows, ord=math.inf, dim=1, keepdim=True)
+    rows.div_(torch.where(largest > 0, largest, 1.0))
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)  # in [1, sqrt(D)], or 0 for a zero row
+    return rows.div_(torch.where(norms > 0, norms, 1.0))
+
+
+def stored_rows(features: Tensor) -> Tensor:
+    """Return the rows as CLIP-R-Precision and InfoNCE store them: scaled by a power of two, rounded to float32.
+
+    Each row is multiplied by the power of two that brings its largest magnitude into ``[0.5, 1)``. That product
+    is exact, so float16, bfloat16 and float32 rows are kept exactly (up to their scale, which no cosine sees), and
+    float64 rows of any scale are rounded to float32 without underflowing to zero or overflowing.
+
+    Example:
+        >>> tiny = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64) * 2.0**-700   # norms 5e-211 and 0
+        >>> stored_rows(tiny)
+        tensor([[0.3750, 0.5000],
+                [0.0000, 0.0000]])
+    """
+    rows = features.to(torch.float64, copy=True)
+    _, exponent = torch.frexp(torch.linalg.vector_norm(rows, ord=math.inf, dim=1, keepdim=True))
+    # Two steps, each by at most 2^538, so that the power of two itself stays finite (-exponent reaches 1073).
+    half = torch.div(-exponent, 2, rounding_mode="floor")
+    return torch.ldexp(torch.ldexp(rows, half), -exponent - half).to(torch.float32)
+
+
+def stored_scoring_rows(images: Tensor, texts: Tensor) -> tuple[Tensor, Tensor]:
+    """The inputs of :func:`score_blocks` for candidate pairs as the metric classes store them.
+
+    Returns ``(stored_rows(images), unit_rows(stored_rows(texts)))``: the images as stored (float32) and the
+    captions as unit float64 rows of their float32 ones (pass ``texts_are_unit=True``). The classes build the same
+    two tensors from their state, so that a class and its function score identical rows.
+
+    Example:
+        >>> images, captions = stored_scoring_rows(torch.eye(2), torch.ones(2, 2))
+        >>> images.dtype, captions.dtype
+        (torch.float32, torch.float64)
+    """
+    return stored_rows(images), unit_rows(stored_rows(texts))
 
 
 def pair_cosines(first: Tensor, second: Tensor) -> Tensor:

@@ -82,14 +82,23 @@ def clip_score(images: Tensor, texts: Tensor, weight: float = 2.5, clamp: bool =
 
 
 def harmonic_mean(first: Tensor, second: Tensor) -> Tensor:
-    """Elementwise ``2ab / (a + b)`` of non-negative tensors, 0 where ``a + b = 0``.
+    """Elementwise ``2ab / (a + b)`` of non-negative finite tensors, 0 where ``a + b = 0``.
+
+    Both are divided by the larger of the two first, so that no product or sum overflows, whatever their scale
+    (the result is at most ``2 min(a, b)``).
 
     Example:
         >>> harmonic_mean(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([3.0, 2.0, 0.0])).tolist()
         [1.5, 0.0, 0.0]
+        >>> big = torch.tensor([1e308], dtype=torch.float64)
+        >>> round(harmonic_mean(big, torch.ones(1, dtype=torch.float64)).item(), 12)   # 2e308 / (1e308 + 1)
+        2.0
     """
+    larger = torch.maximum(first, second)
+    scale = torch.where(larger > 0, larger, 1)
+    first, second = first / scale, second / scale  # in [0, 1], one of them 1 unless both are 0
     total = first + second
-    return torch.where(total > 0, 2 * first * second / torch.where(total > 0, total, 1), 0)
+    return torch.where(total > 0, 2 * first * second / torch.where(total > 0, total, 1), 0) * scale
 
 
 def ref_clip_values(images: Tensor, texts: Tensor, references: Tensor, owners: Tensor, weight: float) -> Tensor:
@@ -105,8 +114,8 @@ def ref_clip_values(images: Tensor, texts: Tensor, references: Tensor, owners: T
     Example:
         >>> images, texts = torch.eye(2), torch.eye(2)
         >>> references, owners = torch.tensor([[1.0, 0.0], [0.0, -1.0]]), torch.tensor([0, 1])
-        >>> ref_clip_values(images, texts, references, owners, 2.5).tolist()   # b = 1, then b = max(-1, 0) = 0
-        [1.4285714285714286, 0.0]
+        >>> [round(v, 12) for v in ref_clip_values(images, texts, references, owners, 2.5).tolist()]   # b = 1, then 0
+        [1.428571428571, 0.0]
     """
     clip_part = weight * pair_cosines(images, texts).clamp(min=0.0)
     reference_cosines = (unit_rows(texts).index_select(0, owners) * unit_rows(references)).sum(dim=1)

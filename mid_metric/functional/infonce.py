@@ -10,11 +10,20 @@ probability that ``v_j`` picks its own caption among all ``M`` candidate caption
 Oord et al. 2018): the negative of the contrastive loss, shifted by ``log M``. Both are computed a block of images
 at a time with ``logsumexp`` in float64, so no ``M x M`` matrix is ever built. ``docs/companion_metrics.md``
 relates the bound to MID's ``I(X; Y)`` term.
+
+Each row's largest cosine is subtracted before the division by the temperature, so the scaled scores are at most 0
+and never overflow: a small temperature gives the limit it tends to (probability 1 for a caption that scores
+strictly highest). A temperature must be a normal float64 number (at least about 2.2e-308): below, the scaled
+differences of cosines, up to ``2 / temperature``, would overflow. The features are scored as
+:class:`~mid_metric.InfoNCE` stores them (rows scaled by a power of two and rounded to float32, exact for float16
+and float32 features; see :func:`~mid_metric.functional._similarity.stored_rows`), so the function and the class
+agree.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
@@ -26,9 +35,35 @@ from mid_metric._checks import (
     check_pairs,
     check_temperature,
 )
-from mid_metric.functional._similarity import score_blocks
+from mid_metric.functional._similarity import score_blocks, stored_scoring_rows
 
-__all__ = ["infonce", "infonce_bound", "infonce_log_probabilities"]
+__all__ = ["infonce", "infonce_bound", "infonce_log_probabilities", "check_infonce_temperature"]
+
+#: The smallest temperature accepted: the smallest normal float64 number.
+SMALLEST_TEMPERATURE = sys.float_info.min
+
+
+def check_infonce_temperature(temperature: object) -> float:
+    """Check InfoNCE's ``temperature``: a finite number > 0 that is a normal float64 (not subnormal); return it.
+
+    Raises:
+        TypeError: If ``temperature`` is not a number.
+        ValueError: If it is not finite, not positive, or below :data:`SMALLEST_TEMPERATURE`.
+
+    Example:
+        >>> check_infonce_temperature(1e-310)
+        Traceback (most recent call last):
+        ...
+        ValueError: `temperature` must be at least 2.2250738585072014e-308 (the smallest normal float64), got \
+1e-310: differences of cosines divided by it would overflow.
+    """
+    temperature = check_temperature(temperature)
+    if temperature < SMALLEST_TEMPERATURE:
+        raise ValueError(
+            f"`temperature` must be at least {SMALLEST_TEMPERATURE!r} (the smallest normal float64), got"
+            f" {temperature!r}: differences of cosines divided by it would overflow."
+        )
+    return temperature
 
 
 def infonce_log_probabilities(
@@ -45,18 +80,20 @@ def infonce_log_probabilities(
     """
     parts = []
     for scores, matching in score_blocks(images, texts, texts_are_unit=texts_are_unit):
+        # log-sum-exp in place in the block: the row maximum is subtracted first, so the scaled scores are <= 0
+        # (exactly 0 at the maximum, so the sum is >= 1) and cannot overflow, whatever the temperature.
+        top = scores.amax(dim=1, keepdim=True)
+        scores.sub_(top)
+        matching = matching - top.squeeze(1)
         if temperature != 1.0:
             scores.div_(temperature)
             matching = matching / temperature
-        # log-sum-exp in place in the block (cosines are finite, so the row maximum is too)
-        top = scores.amax(dim=1, keepdim=True)
-        total = scores.sub_(top).exp_().sum(dim=1)
-        parts.append(matching - top.squeeze(1) - total.log())
+        parts.append(matching - scores.exp_().sum(dim=1).log())
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=images.device)
 
 
 def _checked(images: object, texts: object, temperature: object) -> tuple[Tensor, Tensor, float]:
-    temperature = check_temperature(temperature)
+    temperature = check_infonce_temperature(temperature)
     images = check_features(images, "images", check_finite=False)
     images, texts = check_pairs(images, texts, images.shape[1], images.shape[1])
     check_nonzero_rows(images, "images")
@@ -80,7 +117,7 @@ def infonce(images: Tensor, texts: Tensor, temperature: float = 1.0) -> Tensor:
     Raises:
         TypeError: If the features are not floating tensors.
         ValueError: If the shapes differ, there are no pairs, a row is zero, NaN or Inf, or ``temperature`` is not
-            a finite number > 0.
+            a finite number of at least :data:`SMALLEST_TEMPERATURE` (about 2.2e-308).
 
     Example:
         >>> import torch
@@ -92,7 +129,8 @@ def infonce(images: Tensor, texts: Tensor, temperature: float = 1.0) -> Tensor:
         1.0
     """
     images, texts, temperature = _checked(images, texts, temperature)
-    return infonce_log_probabilities(images, texts, temperature).exp().mean()
+    images, captions = stored_scoring_rows(images, texts)
+    return infonce_log_probabilities(images, captions, temperature, texts_are_unit=True).exp().mean()
 
 
 def infonce_bound(images: Tensor, texts: Tensor, temperature: float) -> Tensor:
@@ -123,4 +161,7 @@ def infonce_bound(images: Tensor, texts: Tensor, temperature: float) -> Tensor:
         (1.386294, 1.386294)
     """
     images, texts, temperature = _checked(images, texts, temperature)
-    return math.log(images.shape[0]) + infonce_log_probabilities(images, texts, temperature).mean()
+    images, captions = stored_scoring_rows(images, texts)
+    log_probabilities = infonce_log_probabilities(images, captions, temperature, texts_are_unit=True)
+    # Each term divided first: at a tiny temperature the terms are near -2 / temperature, and their sum overflows.
+    return math.log(images.shape[0]) + log_probabilities.div_(images.shape[0]).sum()

@@ -15,6 +15,11 @@ probability ``C(b_j, n) / C(M - 1, n)`` where ``b_j = \#\{k : s_{jk} < s_{jj}\}`
 Two scores closer than :data:`TIE_TOLERANCE` count as equal: float64 cosines of unit vectors carry rounding errors
 of about ``D * 2^-53`` (1e-13 at D = 768), so a caption identical to the matching one always ties with it, wherever
 the two scores were computed. ``docs/companion_metrics.md`` derives both expectations.
+
+The features are scored as :class:`~mid_metric.CLIPRPrecision` stores them: each row scaled by a power of two and
+rounded to float32 (exact for float16 and float32 features; see
+:func:`~mid_metric.functional._similarity.stored_rows`), the scores then taken in float64; so the function and the
+metric class give the same value on the same pairs.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from mid_metric._checks import (
     check_pairs,
     check_positive_int,
 )
-from mid_metric.functional._similarity import score_blocks
+from mid_metric.functional._similarity import score_blocks, stored_scoring_rows
 
 __all__ = ["clip_r_precision", "r_precision_values", "NEGATIVES", "TIE_TOLERANCE"]
 
@@ -129,4 +134,5 @@ def clip_r_precision(images: Tensor, texts: Tensor, num_negatives: int = 99, neg
     check_nonzero_rows(images, "images")
     check_nonzero_rows(texts, "texts")
     check_r_precision_count(images.shape[0], num_negatives, negatives)
-    return r_precision_values(images, texts, num_negatives, negatives).mean()
+    images, captions = stored_scoring_rows(images, texts)
+    return r_precision_values(images, captions, num_negatives, negatives, texts_are_unit=True).mean()

@@ -6,6 +6,11 @@ sizes and an optional frozen extractor, checks and encodes batches, keeps float6
 is asked, leaves the extractor's weights out of ``state_dict()``, and checks every incoming state before it
 changes any (``merge_state`` and ``load_state_dict``), so that a rejected call leaves the metric as it was.
 
+``load_state_dict`` tries the whole load on a stand-in first (:meth:`PairedFeatureMetric.load_state_dict`): a dict
+that fails any check, of a state or of the keys, raises before the metric changes. Under DDP, the ranks compare the
+settings that change the value (:meth:`PairedFeatureMetric._sync_settings`) before any state is exchanged, so that
+metrics built differently raise one error on every rank instead of hanging or mixing their states.
+
 List states (torchmetrics' ``dist_reduce_fx="cat"``), registered with
 :meth:`PairedFeatureMetric.add_checked_list_state`, keep their dtype through ``.to(dtype)``, merge in order (this
 metric's rows, then the incoming ones), and sync under DDP from a rank that holds none (torchmetrics would send a
@@ -14,6 +19,8 @@ metric's rows, then the incoming ones), and sync under DDP from a rank that hold
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -23,6 +30,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from mid_metric._checks import check_bool, check_feature_dims, check_pairs
 from mid_metric.features import as_feature_extractor, check_texts, count_images
+from mid_metric.sync import check_same_settings
 
 #: What ``feature=`` accepts: an int, ``(image_dim, text_dim)``, or a feature extractor spec.
 FeatureSpec = Union[int, tuple[int, int], str, tuple[Any, Any], Callable[..., Any], Any]
@@ -259,8 +267,28 @@ class PairedFeatureMetric(Metric):
                 setattr(self, name, [keep_dtype(part) for part in self._list_state(name)])
         return result
 
+    def _sync_settings(self) -> dict[str, object]:
+        """The settings that change this metric's value or the layout of its states, which all ranks must share.
+
+        The DDP sync compares them across ranks before any state is exchanged
+        (:func:`mid_metric.sync.check_same_settings`). Values are bools, ints, floats, strings or ``None``.
+        Subclasses extend the dict: ``{**super()._sync_settings(), "clamp": self.clamp}``.
+
+        Example:
+            >>> from mid_metric import InfoNCE
+            >>> InfoNCE(feature=8, temperature=0.1)._sync_settings()["temperature"]
+            0.1
+        """
+        return {"metric": type(self).__name__, "image_dim": self.image_dim, "text_dim": self.text_dim}
+
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Optional[Any] = None) -> None:
-        """Sync the states; an empty list state is sent as an empty tensor of its own row shape and dtype."""
+        """Sync the states, once every rank is known to hold a metric of the same settings.
+
+        The settings are compared first (one fixed-shape collective), so that ranks whose metrics differ all raise
+        the same ``ValueError`` before any state moves. An empty list state is sent as an empty tensor of its own
+        row shape and dtype.
+        """
+        check_same_settings(self._sync_settings(), process_group or self.process_group, self.device)
         for name, (row_shape, dtype) in self._list_states.items():
             if isinstance(getattr(self, name), list) and not getattr(self, name):
                 setattr(self, name, [torch.empty((0, *row_shape), dtype=dtype, device=self.device)])
@@ -269,6 +297,36 @@ class PairedFeatureMetric(Metric):
     def set_dtype(self, dst_type: Union[str, torch.dtype]) -> PairedFeatureMetric:
         """Keep the float64 states: the results need them, so the states ignore dtype requests."""
         return self
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load the states of ``state_dict`` (as :meth:`torch.nn.Module.load_state_dict`), or change nothing.
+
+        The whole load is tried first on a stand-in of this metric (:meth:`_load_stand_in`): a dict that fails any
+        check, of a state (another layout, other settings, an invalid value) or of the keys (a missing one, or with
+        ``strict`` an unexpected one), raises there, and this metric is left as it was.
+
+        Raises:
+            RuntimeError: As :meth:`torch.nn.Module.load_state_dict`, for missing or unexpected keys.
+            ValueError: If a state is of another layout or settings, or invalid.
+        """
+        if isinstance(state_dict, Mapping):  # torch raises its TypeError otherwise
+            nn.Module.load_state_dict(self._load_stand_in(), state_dict, strict=strict, assign=assign)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _load_stand_in(self) -> PairedFeatureMetric:
+        """A copy of this metric to try a load on: it shares the states' tensors and has no feature extractor.
+
+        Everything else (the host-side bookkeeping a load may change) is copied, so that the trial changes nothing
+        of this metric; the tensors are only read by a load, which replaces them instead of writing into them.
+        """
+        shared: dict[int, Any] = {}
+        for name, default in self._defaults.items():
+            value = getattr(self, name)
+            for tensor in [default, *(value if isinstance(value, list) else [value])]:
+                shared[id(tensor)] = tensor
+        if self.feature_extractor is not None:
+            shared[id(self.feature_extractor)] = None  # its weights are not part of the states (see state_dict)
+        return copy.deepcopy(self, shared)
 
     def state_dict(  # type: ignore[override]
         self, destination: Optional[dict[str, Any]] = None, prefix: str = "", keep_vars: bool = False

@@ -8,8 +8,9 @@
   ``MetricCollection.update`` can feed MID (which takes reference pairs with ``real=True``) and these metrics;
 - :meth:`CompanionMetric.per_sample`, the value of each candidate pair in the order the pairs were passed
   (under DDP: rank 0's pairs, then rank 1's, and so on);
-- a ``forward`` that adds the batch and returns the batch's own value, and never loses the accumulated state when a
-  batch is rejected (torchmetrics' default ``forward`` resets the state before it updates);
+- a ``forward`` that adds the batch and returns the batch's own value (over every rank's batch with
+  ``dist_sync_on_step=True``), and never loses the accumulated state when a batch is rejected (torchmetrics'
+  default ``forward`` resets the state before it updates);
 - all-or-nothing ``load_state_dict``, with a check of the states against each other.
 
 :class:`StoredPairsMetric` is the base of the two metrics that score every candidate image against every candidate
@@ -32,7 +33,6 @@ from mid_metric._checks import (
     check_bool,
     check_capacity,
     check_feature_rows_state,
-    check_float32_range,
     check_joint_embedding,
     check_nonzero_rows,
     check_positive_int,
@@ -40,7 +40,7 @@ from mid_metric._checks import (
     same_state_format,
     state_format,
 )
-from mid_metric.functional._similarity import unit_rows
+from mid_metric.functional._similarity import stored_rows, unit_rows
 from mid_metric.metrics._base import FeatureSpec, PairedFeatureMetric, are_features
 
 #: Default cap on the stored candidate pairs of CLIP-R-Precision and InfoNCE (the MID paper's code's ``limit``).
@@ -102,8 +102,34 @@ class CompanionMetric(PairedFeatureMetric):
         return arguments
 
     def _batch_value(self, arguments: dict[str, Any]) -> Optional[Tensor]:
-        """The metric on the pairs of one (encoded, candidate) batch alone; raise ``ValueError`` if undefined."""
-        raise NotImplementedError
+        """The metric on one (encoded, candidate) batch's pairs alone, or ``None`` when it is undefined there.
+
+        It is :meth:`compute` on a state that holds this batch only (synced across ranks with
+        ``dist_sync_on_step=True``); the accumulated state is put back afterwards, whatever happens.
+        """
+        accumulated = {}
+        for name in self._defaults:
+            value = getattr(self, name)
+            accumulated[name] = list(value) if isinstance(value, list) else value
+        update_count, last_per_sample = self._update_count, self._last_per_sample
+        try:
+            self.reset()  # clears the list states in place: `accumulated` holds copies of the lists
+            self.update(**arguments)
+            if self.dist_sync_on_step:
+                self.sync(
+                    dist_sync_fn=self.dist_sync_fn,
+                    process_group=self.process_group,
+                    distributed_available=self.distributed_available_fn,
+                )
+            try:
+                return type(self).compute(self)  # the computation alone: no sync, no cached value
+            except ValueError:  # e.g. fewer pairs than the distinct negatives need: the same on every rank
+                return None
+        finally:
+            self._is_synced, self._cache = False, None
+            for name, value in accumulated.items():
+                setattr(self, name, value)
+            self._update_count, self._last_per_sample, self._computed = update_count, last_per_sample, None
 
     # ------------------------------------------------------------------------------------------ outputs
     def per_sample(self) -> Tensor:
@@ -126,6 +152,9 @@ class CompanionMetric(PairedFeatureMetric):
     def forward(self, *args: Any, **kwargs: Any) -> Optional[Tensor]:
         """Add a batch, like ``update``, and return the metric on that batch's pairs alone.
 
+        With ``dist_sync_on_step=True`` under DDP, the value is over the pairs of every rank's batch, and the same
+        on every rank (a collective: every rank calls ``forward`` at each step), as torchmetrics metrics do.
+
         Returns ``None`` for a skipped batch (``real=True``), an empty one, or one that cannot be scored on its own
         (e.g. fewer pairs than CLIP-R-Precision's distinct negatives need). A rejected batch raises and leaves the
         state as it was. Raw inputs are encoded once.
@@ -139,12 +168,7 @@ class CompanionMetric(PairedFeatureMetric):
         if not skipped:
             arguments = self._encode_arguments(arguments)
         self.update(**arguments)
-        value: Optional[Tensor] = None
-        if not skipped:
-            try:
-                value = self._batch_value(arguments)
-            except ValueError:
-                value = None
+        value = None if skipped else self._batch_value(arguments)
         self._forward_cache = value
         return value
 
@@ -204,8 +228,10 @@ class StoredPairsMetric(CompanionMetric):
 
     The candidate pairs are kept as float32 rows ``[image; text]`` (``4 (image_dim + text_dim)`` bytes a pair:
     184 MB for 30,000 pairs at D = 768) in the list state ``candidate_features``, gathered once at ``compute()``
-    under DDP. At most ``max_samples`` pairs are kept: a batch that would go beyond raises, and nothing of it is
-    added.
+    under DDP. Each image and text row is scaled by a power of two before it is rounded to float32
+    (:func:`~mid_metric.functional._similarity.stored_rows`): float32 rows are kept exactly, and float64 rows of
+    any scale keep their direction. The functional forms score the same rows. At most ``max_samples`` pairs are
+    kept: a batch that would go beyond raises, and nothing of it is added.
 
     Args:
         feature: Feature sizes or a feature extractor; the image and text features must have one size.
@@ -228,6 +254,9 @@ class StoredPairsMetric(CompanionMetric):
         width = self.image_dim + self.text_dim
         self.add_checked_list_state("candidate_features", (width,), torch.float32, self._check_rows)
 
+    def _sync_settings(self) -> dict[str, object]:
+        return {**super()._sync_settings(), "max_samples": self.max_samples}
+
     def _check_rows(self, value: object, name: str) -> list[Tensor]:
         rows = check_feature_rows_state(value, name, self.image_dim + self.text_dim)
         count = sum(int(part.shape[0]) for part in rows)
@@ -235,7 +264,20 @@ class StoredPairsMetric(CompanionMetric):
             raise ValueError(
                 f"`{name}` holds {count} candidate pairs, above this metric's `max_samples` = {self.max_samples}."
             )
-        return [part.to(device=self.device, dtype=torch.float32, copy=True) for part in rows]
+        return [self._as_stored(part, name) for part in rows]
+
+    def _as_stored(self, rows: Tensor, name: str) -> Tensor:
+        """Incoming ``[image; text]`` rows as this metric stores them; a row whose image or text is zero is refused.
+
+        Float32 rows (another metric's state) are copied as they are; rows of another dtype are stored as
+        :func:`~mid_metric.functional._similarity.stored_rows`, so that none underflows in float32.
+        """
+        images, texts = rows[:, : self.image_dim], rows[:, self.image_dim :]
+        check_nonzero_rows(images, f"{name} (image features)")
+        check_nonzero_rows(texts, f"{name} (text features)")
+        if rows.dtype == torch.float32:
+            return rows.to(device=self.device, copy=True)
+        return torch.cat([stored_rows(images), stored_rows(texts)], dim=1).to(self.device)
 
     def stored_count(self) -> int:
         """The number of candidate pairs this process holds.
@@ -269,12 +311,9 @@ class StoredPairsMetric(CompanionMetric):
         count = images.shape[0]
         if count == 0:
             return
-        if self.validate_args:
-            check_float32_range(images, "images", type(self).__name__)
-            check_float32_range(texts, "texts", type(self).__name__)
         check_capacity(self.stored_count(), count, self.max_samples, type(self).__name__)
-        rows = torch.cat([images.to(torch.float32), texts.to(torch.float32)], dim=1)
-        self.candidate_features.append(rows)
+        # Rows scaled by a power of two, in float32 (stored_rows): whatever their scale, none underflows or overflows.
+        self.candidate_features.append(torch.cat([stored_rows(images), stored_rows(texts)], dim=1))
 
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
         """Merge another metric's states into this one, or none of them (see :meth:`CompanionMetric.merge_state`).

@@ -25,7 +25,7 @@ from mid_metric._checks import (
     same_settings,
 )
 from mid_metric.functional._similarity import pair_cosines
-from mid_metric.functional.clip_score import clip_score, ref_clip_score, ref_clip_values
+from mid_metric.functional.clip_score import ref_clip_values
 from mid_metric.metrics._base import FeatureSpec
 from mid_metric.metrics._companion import CompanionMetric
 
@@ -206,8 +206,9 @@ class CLIPScore(CompanionMetric):
             arguments["images"], arguments["texts"] = self._encode_caption_pairs(images, texts)
         return arguments
 
-    def _batch_value(self, arguments: dict[str, Any]) -> Optional[Tensor]:
-        return clip_score(arguments["images"], arguments["texts"], self.weight, self.clamp).to(self.device)
+    def _sync_settings(self) -> dict[str, object]:
+        settings = {"weight": self.weight, "clamp": self.clamp, "pairs": self.pairs}
+        return {**super()._sync_settings(), **settings, "keep_per_sample": self.keep_per_sample}
 
     # ----------------------------------------------------------------------------------------- compute
     def compute(self) -> Tensor:
@@ -221,7 +222,7 @@ class CLIPScore(CompanionMetric):
         if self.keep_per_sample:
             cosines = self._cat_list_state("pair_cosines")
             self._last_per_sample = self.weight * (cosines.clamp(min=0.0) if self.clamp else cosines)
-        return self.weight * self.sums[2 if self.clamp else 1] / count
+        return self.weight * (self.sums[2 if self.clamp else 1] / count)  # the mean first: weight * sum may overflow
 
     def per_sample(self) -> Tensor:
         """Return each pair's CLIP-S, ``weight * max(cos, 0)`` (or ``weight * cos`` without clamp), float64 ``(M,)``.
@@ -411,15 +412,8 @@ class RefCLIPScore(CompanionMetric):
             arguments["references"] = self._encode_references(references, len(references))
         return arguments
 
-    def _batch_value(self, arguments: dict[str, Any]) -> Optional[Tensor]:
-        value = ref_clip_score(
-            arguments["images"],
-            arguments["texts"],
-            arguments["references"],
-            self.weight,
-            arguments.get("reference_mask"),
-        )
-        return value.to(self.device)
+    def _sync_settings(self) -> dict[str, object]:
+        return {**super()._sync_settings(), "weight": self.weight, "keep_per_sample": self.keep_per_sample}
 
     # ----------------------------------------------------------------------------------------- compute
     def compute(self) -> Tensor:

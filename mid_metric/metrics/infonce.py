@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor
 
-from mid_metric._checks import check_pair_count, check_temperature
-from mid_metric.functional.infonce import infonce, infonce_log_probabilities
+from mid_metric._checks import check_pair_count
+from mid_metric.functional.infonce import check_infonce_temperature, infonce_log_probabilities
 from mid_metric.metrics._base import FeatureSpec
 from mid_metric.metrics._companion import DEFAULT_MAX_SAMPLES, StoredPairsMetric
 
@@ -36,8 +36,8 @@ class InfoNCE(StoredPairsMetric):
 
     Raises:
         TypeError: If ``feature`` is none of the accepted forms, or ``max_samples`` is not an int.
-        ValueError: If ``temperature`` is not a finite number > 0, ``max_samples`` is below 1, or the image and
-            text features differ in size.
+        ValueError: If ``temperature`` is not a finite number of at least about 2.2e-308 (the smallest normal
+            float64), ``max_samples`` is below 1, or the image and text features differ in size.
 
     Example:
         >>> import torch
@@ -62,14 +62,14 @@ class InfoNCE(StoredPairsMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(feature, max_samples, validate_args, **kwargs)
-        self.temperature = check_temperature(temperature)
+        self.temperature = check_infonce_temperature(temperature)
 
     def _values(self, images: Tensor, captions: Tensor) -> Tensor:
         check_pair_count(images.shape[0], 1, "InfoNCE")
         return infonce_log_probabilities(images, captions, self.temperature, texts_are_unit=True).exp()
 
-    def _batch_value(self, arguments: dict[str, Any]) -> Optional[Tensor]:
-        return infonce(arguments["images"], arguments["texts"], self.temperature)
+    def _sync_settings(self) -> dict[str, object]:
+        return {**super()._sync_settings(), "temperature": self.temperature}
 
     def compute(self) -> Tensor:
         """Return the mean matching probability over all candidate pairs (every rank's under DDP), 0-dim float64.

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from torch import Tensor
 
 from mid_metric._checks import check_choice, check_positive_int
-from mid_metric.functional.r_precision import NEGATIVES, check_r_precision_count, clip_r_precision, r_precision_values
+from mid_metric.functional.r_precision import NEGATIVES, check_r_precision_count, r_precision_values
 from mid_metric.metrics._base import FeatureSpec
 from mid_metric.metrics._companion import DEFAULT_MAX_SAMPLES, StoredPairsMetric
 
@@ -78,8 +78,8 @@ class CLIPRPrecision(StoredPairsMetric):
         check_r_precision_count(images.shape[0], self.num_negatives, self.negatives)
         return r_precision_values(images, captions, self.num_negatives, self.negatives, texts_are_unit=True)
 
-    def _batch_value(self, arguments: dict[str, Any]) -> Optional[Tensor]:
-        return clip_r_precision(arguments["images"], arguments["texts"], self.num_negatives, self.negatives)
+    def _sync_settings(self) -> dict[str, object]:
+        return {**super()._sync_settings(), "num_negatives": self.num_negatives, "negatives": self.negatives}
 
     def compute(self) -> Tensor:
         """Return the expected CLIP-R-Precision over all candidate pairs (every rank's under DDP), 0-dim float64.
