@@ -1,8 +1,21 @@
-"""Helpers that run the `mid-metric` command line in-process and check its output or its one-line error."""
+"""Helpers that run the `mid-metric` command line, in-process or as the real console script, and check its output."""
 
 from __future__ import annotations
 
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
 from mid_metric import cli
+
+#: The environment of a console-script run: offline, UTF-8.
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONIOENCODING="utf-8")
 
 
 def run_cli(args: list[str], capsys) -> str:
@@ -21,3 +34,50 @@ def fail_cli(args: list[str], capsys, *words: str) -> str:
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
+
+
+def fail(argv: list[str], capsys, *phrases: str) -> str:
+    """:func:`fail_cli` with ``--quiet``, so that the error is all that stderr holds."""
+    return fail_cli([*argv, "--quiet"], capsys, *phrases)
+
+
+def script() -> list[str]:
+    """The installed console script, or ``python -m mid_metric`` when the package is not installed."""
+    found = shutil.which("mid-metric")
+    return [found] if found else [sys.executable, "-m", "mid_metric"]
+
+
+def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real console script with ``args`` in ``cwd``; return the finished process (text output)."""
+    return subprocess.run(
+        [*script(), *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def close(a: float, b: float, tol: float = 1e-4) -> bool:
+    return abs(a - b) <= tol * max(1.0, abs(b))
+
+
+def unit(rows: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to norm 1."""
+    return rows / rows.norm(dim=1, keepdim=True)
+
+
+def gaussian_features(tmp_path: Path) -> tuple[Path, Path, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """80 correlated Gaussian reference pairs (real.npz) and 30 candidates (cands.npz) in R^3 x R^3, and the arrays."""
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(80, 3, generator=gen, dtype=torch.float64)
+    y = 0.6 * x + 0.8 * torch.randn(80, 3, generator=gen, dtype=torch.float64)
+    xc = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    yc = 0.4 * xc + 0.9 * torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    np.savez(tmp_path / "real.npz", image_features=x.numpy(), text_features=y.numpy())
+    np.savez(tmp_path / "cands.npz", image_features=xc.numpy(), text_features=yc.numpy())
+    return tmp_path / "real.npz", tmp_path / "cands.npz", x, y, xc, yc

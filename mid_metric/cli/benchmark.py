@@ -27,25 +27,28 @@ from torch import Tensor
 
 from mid_metric._version import __version__
 from mid_metric.cli.correlate import correlation_table, result_fields
+from mid_metric.cli.messages import library_errors
 from mid_metric.cli.parser import CommandError
 from mid_metric.cli.session import (
     Console,
     Session,
     check_device,
-    check_output_folder,
+    check_images_exist,
     check_reference_count,
     check_reference_file,
+    check_table_output,
     encode_images,
     encode_texts,
     input_files,
     load_reference,
     matches_recorded_model,
     new_metric,
+    print_report,
     recorded_identity,
     refuse_overwriting_inputs,
 )
 from mid_metric.functional.correlation import KendallResult, correlate, require_scipy
-from mid_metric.io.atomic import atomic_output
+from mid_metric.io.atomic import atomic_text_output
 from mid_metric.io.flickr8k import IMAGE_FOLDER, TOKEN_FILE, Flickr8kError, Flickr8kJudgments, read_flickr8k
 from mid_metric.io.pairs import Pair, PairsTable
 
@@ -70,13 +73,12 @@ def _image_table(bench: Flickr8kJudgments) -> PairsTable:
     for item in bench.items:
         first_line.setdefault(item.image, item.line)
     pairs = tuple(Pair(line, image, bench.image_path(image), "") for image, line in first_line.items())
-    for pair in pairs:
-        if not pair.image_path.is_file():
-            raise Flickr8kError(
-                f"{bench.annotations}, line {pair.row}: image {str(pair.image_path)!r} does not exist (images are"
-                f" read from {IMAGE_FOLDER}/ under --root)."
-            )
-    return PairsTable(bench.annotations, "image", "caption", pairs)
+    table = PairsTable(bench.annotations, "image", "caption", pairs)
+    try:
+        check_images_exist(table, where="line")
+    except ValueError as error:
+        raise Flickr8kError(f"{error} (Images are read from {IMAGE_FOLDER}/ under --root.)") from None
+    return table
 
 
 def _reference_model(args: argparse.Namespace, metadata: dict[str, Any]) -> Optional[str]:
@@ -112,7 +114,8 @@ def _padded_references(bench: Flickr8kJudgments, index: dict[str, int], texts: T
 
 
 def _write_per_sample(path: str, bench: Flickr8kJudgments, scores: dict[str, Tensor]) -> None:
-    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+    """Write one row per judgment with the three scores (``-``: standard output)."""
+    with atomic_text_output(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["judgment", "line", "image", "caption_id", "caption", "rater", "rating", *scores])
         columns = {name: values.tolist() for name, values in scores.items()}
@@ -167,8 +170,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     check_device(args.device)
     bench = read_flickr8k(args.root, args.name)
     images = _image_table(bench)
-    if args.per_sample:
-        check_output_folder(args.per_sample)
+    check_table_output("--per-sample", args.per_sample, args.json)
     if args.reference is not None:
         check_reference_file(args.reference)
     token_file = str(bench.root / TOKEN_FILE)
@@ -224,9 +226,10 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 f"{what} hold only {len(image_index)} distinct images for image features of size {image_dim}, so"
                 " their image covariance is singular: pass --eps (e.g. 5e-4) or --reference with a larger reference."
             )
-        metric = new_metric(image_dim, text_dim, eps)
         rows = torch.tensor(pairs, dtype=torch.long)
-        metric.update(image_features[rows[:, 0]], raw[rows[:, 1]], real=True)
+        with library_errors():
+            metric = new_metric(image_dim, text_dim, eps)
+            metric.update(image_features[rows[:, 0]], raw[rows[:, 1]], real=True)
         reference = {"source": "benchmark", "num_samples": len(pairs), "eps": eps, "model": extractor.name}
     else:
         recorded = metadata.get("feature_extractor") or None
@@ -237,7 +240,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "model": recorded,
         }
 
-    scores = _scores(bench, metric, image_features, raw, prefixed, image_index, caption_index)
+    with library_errors():
+        scores = _scores(bench, metric, image_features, raw, prefixed, image_index, caption_index)
     judged = torch.tensor([judgment.item for judgment in bench.judgments], dtype=torch.long)
     ratings = [judgment.rating for judgment in bench.judgments]
     groups = judged.tolist()
@@ -268,11 +272,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
     }
     if args.per_sample:
         _write_per_sample(args.per_sample, bench, scores)
-        console.info(f"Wrote {args.per_sample}: the scores and rating of each of the {len(bench.judgments)} judgments.")
+        if args.per_sample != "-":
+            count = len(bench.judgments)
+            console.info(f"Wrote {args.per_sample}: the scores and rating of each of the {count} judgments.")
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
     else:
-        print(_format_text(report, results))
+        print_report(_format_text(report, results), args.per_sample, console)
     return 0
 
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mid_metric.cli.parser import CommandError
+from mid_metric.cli.session import check_output
 from mid_metric.metrics import MutualInformationDivergence
 
 __all__ = [
@@ -292,14 +293,40 @@ def format_report(report: DemoReport) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: DemoReport, path: Path) -> None:
-    """Draw estimated and analytic MID against the fraction of shuffled captions and save it to ``path``.
-
-    The file is written atomically; its format follows the suffix (``.png``, ``.pdf``, ``.svg``, ...).
+def plot_format(path: Path) -> str:
+    """The figure format of ``path``: its suffix in lower case (``png`` without one), checked with matplotlib.
 
     Raises:
         ImportError: If matplotlib is not installed.
+        ValueError: If matplotlib cannot write that format.
+
+    Example:
+        >>> plot_format(Path("figure.PDF")), plot_format(Path("figure"))
+        ('pdf', 'png')
     """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    suffix = Path(path).suffix.lstrip(".").lower() or "png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in supported:
+        raise ValueError(
+            f"Cannot draw {str(path)!r}: matplotlib writes no {suffix!r} files; use one of the suffixes"
+            f" {', '.join('.' + name for name in sorted(supported))}."
+        )
+    return suffix
+
+
+def plot_report(report: DemoReport, path: Path) -> None:
+    """Draw estimated and analytic MID against the fraction of shuffled captions and save it to ``path``.
+
+    The file is written atomically (:func:`mid_metric.io.atomic.atomic_output`: through a symbolic link, never over
+    a folder, FIFO or device); its format follows the suffix (``.png``, ``.pdf``, ``.svg``, ...).
+
+    Raises:
+        ImportError: If matplotlib is not installed.
+        ValueError: If the format is not one matplotlib writes, or the path cannot be written.
+    """
+    suffix = plot_format(path)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,7 +358,6 @@ def plot_report(report: DemoReport, path: Path) -> None:
     ax.set_ylabel("MID (nats, higher is better)")
     ax.set_title(f"MID on a Gaussian model (d = {report.rho.numel()}, rho = {float(report.rho[0]):g})")
     ax.legend(loc="lower left")
-    suffix = Path(path).suffix.lstrip(".") or "png"
     try:
         with atomic_output(path) as tmp:
             fig.savefig(tmp, format=suffix, dpi=120)
@@ -355,9 +381,9 @@ def main(seed: int = 0, plot: Optional[Path] = None, stream: Optional[TextIO] = 
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    """``mid-metric demo``: check ``--plot`` first, then run :func:`main`."""
-    plot = Path(args.plot) if args.plot else None
-    if plot is not None:
+    """``mid-metric demo``: check ``--plot`` (matplotlib, its path, its format) first, then run :func:`main`."""
+    plot = None
+    if args.plot is not None:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -365,6 +391,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
                 "--plot needs matplotlib: pip install matplotlib (or, in the mid-metric source folder,"
                 ' pip install ".[plot]").'
             ) from None
-        if not (plot.parent if str(plot.parent) else Path(".")).is_dir():
-            raise CommandError(f"Cannot write {str(plot)!r}: folder {str(plot.parent)!r} does not exist.")
+        check_output("--plot", args.plot)  # an empty path, a folder, a FIFO or device, a link loop, no folder
+        plot = Path(args.plot)
+        try:
+            plot_format(plot)
+        except ValueError as error:
+            raise CommandError(f"--plot: {error}") from None
     return main(seed=args.seed, plot=plot)

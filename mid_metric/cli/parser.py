@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import math
 import textwrap
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mid_metric._version import __version__
+from mid_metric.cli.values import (
+    eps_value,
+    integer,
+    jackknife_groups,
+    metric_names,
+    non_negative_int,
+    positive_int,
+)
 
 PROG = "mid-metric"
 
@@ -22,6 +29,15 @@ EXIT_BAD_INPUT = 1
 EXIT_INTERRUPTED = 130
 
 
+#: Exit status when standard output is a pipe that its reader closed (``mid-metric demo | head -1``): 128 + SIGPIPE,
+#: what a shell reports for a Unix tool that the signal ended.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+#: The seeds every ``--seed`` takes: those of :meth:`torch.Generator.manual_seed` and :func:`numpy.random.default_rng`.
+SEED_RANGE = (0, 2**64 - 1)
+
+
 #: Name recorded for the feature extractor when the features were computed elsewhere and no --model is given.
 PRECOMPUTED = "precomputed"
 
@@ -31,52 +47,25 @@ class CommandError(Exception):
 
 
 # ------------------------------------------------------------------------------------------ argument parsing
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """Return an argparse type that accepts integers >= ``minimum``."""
-    expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-
-
-_non_negative_int = _int_at_least(0)
-
-
-def _eps(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not (value >= 0.0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-#: The metrics ``score --metrics`` can compute, in the order they are reported.
-METRIC_NAMES = ("mid", "clip-score", "r-precision", "infonce")
-
-
 #: The benchmarks of ``mid-metric benchmark``.
 BENCHMARK_NAMES = ("flickr8k-expert", "flickr8k-cf")
 
 
-def _metric_names(text: str) -> tuple[str, ...]:
-    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
-    unknown = [name for name in names if name not in METRIC_NAMES]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METRIC_NAMES)}; got {text!r}")
-    return tuple(name for name in METRIC_NAMES if name in names)
+def check_arguments(args: argparse.Namespace) -> None:
+    """The checks of parsed options that end with one line (exit status 1) rather than argparse's usage message.
+
+    Raises:
+        CommandError: If ``--seed`` is outside :data:`SEED_RANGE`.
+
+    Example:
+        >>> check_arguments(argparse.Namespace(seed=-1))
+        Traceback (most recent call last):
+        ...
+        mid_metric.cli.parser.CommandError: --seed -1 is out of range: a seed is an integer from 0 to 2**64 - 1.
+    """
+    seed = getattr(args, "seed", None)
+    if seed is not None and not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise CommandError(f"--seed {seed} is out of range: a seed is an integer from 0 to 2**64 - 1.")
 
 
 def _default_device() -> str:
@@ -140,18 +129,18 @@ def _add_common_options(
         " error in every run, also one that needs no model",
     )
     group.add_argument(
-        "--batch-size", type=_positive_int, default=64, metavar="N", help="images or captions encoded at once"
+        "--batch-size", type=positive_int, default=64, metavar="N", help="images or captions encoded at once"
     )
     group.add_argument(
         "--num-workers",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         metavar="N",
         help="worker processes that read and decode images (0: the main process)",
     )
     group.add_argument(
         "--eps",
-        type=_eps,
+        type=eps_value,
         default=None,
         help=f"added to the diagonal of every covariance (default: {eps_default}). 0 reproduces the paper, which"
         " hints at 5e-4 for fewer than 30,000 reference pairs; with 0, more than image_dim + text_dim reference"
@@ -215,8 +204,18 @@ def _add_demo_command(commands: Any) -> None:
             "the estimated MID next to the analytic value of each set. Needs no network and no model weights."
         ),
     )
-    demo.add_argument("--plot", metavar="OUT.png", help="also draw the table as a figure (needs matplotlib)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed; the demo is deterministic for a given seed")
+    demo.add_argument(
+        "--plot",
+        metavar="OUT.png",
+        help="also draw the table as a figure (needs matplotlib); the format follows the suffix (.png, .pdf, .svg,"
+        " ...). The path and its format are checked before the demo runs",
+    )
+    demo.add_argument(
+        "--seed",
+        type=integer,
+        default=0,
+        help="random seed, from 0 to 2**64 - 1; the demo is deterministic for a given seed",
+    )
 
 
 def _add_reference_command(commands: Any) -> None:
@@ -271,11 +270,13 @@ def _add_score_command(commands: Any) -> None:
     score.add_argument(
         "--per-sample",
         metavar="OUT.csv",
-        help="write one row per candidate: row, image, caption and its pointwise mutual information (pmi)",
+        help="write one row per candidate: row, image, caption and its pointwise mutual information (pmi), then a"
+        " column per other metric; '-' prints the table on stdout (the summary then goes to stderr, and --json is"
+        " refused)",
     )
     score.add_argument(
         "--metrics",
-        type=_metric_names,
+        type=metric_names,
         default=("mid",),
         metavar="NAMES",
         help="comma-separated metrics to compute from the one feature pass: mid, clip-score (CLIP-S, weight 2.5,"
@@ -292,6 +293,22 @@ def _add_score_command(commands: Any) -> None:
         " README): 'gaussian' (the default of the flag) or 'jackknife' (also for non-Gaussian features; needs"
         " --reference-pairs, since reference files hold no jackknife groups). Published MID numbers use the"
         " paper's uncorrected estimator, the default. Needs --eps 0",
+    )
+    score.add_argument(
+        "--jackknife-key",
+        choices=("text", "image", "joint"),
+        default=None,
+        help="with --bias-correction jackknife: what puts a pair in its jackknife group. 'image' when the candidates"
+        " share the reference's images (captioning: generated captions of the reference images), 'text' when they"
+        " share its captions (text-to-image: images generated from the reference captions), 'joint' for both."
+        " Default: image with --generated-caption-column, else text",
+    )
+    score.add_argument(
+        "--jackknife-groups",
+        type=jackknife_groups,
+        default=None,
+        metavar="K",
+        help="with --bias-correction jackknife: the number of jackknife groups, 2 to 1000 (default: 10)",
     )
     score.add_argument(
         "--json",
@@ -325,16 +342,16 @@ def _confidence_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("confidence interval")
     group.add_argument(
         "--bootstrap",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=1000,
         metavar="N",
         help="bootstrap resamples for the 95%% interval of tau; items are drawn with replacement (0: no interval)",
     )
     group.add_argument(
         "--seed",
-        type=_non_negative_int,
+        type=integer,
         default=0,
-        help="seed of the bootstrap: the same seed gives the same interval (default: 0)",
+        help="seed of the bootstrap, from 0 to 2**64 - 1: the same seed gives the same interval (default: 0)",
     )
 
 
@@ -418,7 +435,8 @@ def _add_benchmark_command(commands: Any) -> None:
         "--per-sample",
         metavar="OUT.csv",
         help="write one row per judgment: judgment (its number), line (of the annotation file), image, caption_id,"
-        " caption, rater, rating, mid, clip_score, ref_clip_score (a table that 'mid-metric correlate' reads)",
+        " caption, rater, rating, mid, clip_score, ref_clip_score (a table that 'mid-metric correlate' reads); '-'"
+        " prints it on stdout (the summary then goes to stderr, and --json is refused)",
     )
     benchmark.add_argument(
         "--json",

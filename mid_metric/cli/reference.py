@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from mid_metric.cli.messages import library_errors
 from mid_metric.cli.parser import PRECOMPUTED
 from mid_metric.cli.session import (
     Console,
     Session,
     check_device,
-    check_output_folder,
+    check_output,
     check_reference_count,
     input_files,
     new_metric,
@@ -29,7 +30,7 @@ def run_reference(args: argparse.Namespace) -> int:
     check_device(args.device)
     eps = 0.0 if args.eps is None else args.eps
     source = read_source(args.pairs, args, args.caption_column, "--caption-column")
-    check_output_folder(args.output)
+    check_output("--output", args.output)  # a binary file: "-" is no standard output here
     refuse_overwriting_inputs({"--output": args.output}, input_files(args, [source], []))
     session = Session(args, console, args.model)
     if isinstance(source, FeaturePairs):
@@ -39,11 +40,12 @@ def run_reference(args: argparse.Namespace) -> int:
     features = session.features(source)
     image_dim, text_dim = features.images.shape[1], features.texts.shape[1]
     check_reference_count(len(features), image_dim, text_dim, eps, str(features.source))
-    metric = new_metric(image_dim, text_dim, eps)
-    metric.update(features.images, features.texts, real=True)
     from mid_metric.functional import reference_from_moments
 
-    reference_from_moments(metric.metric_state["reference_moments"], image_dim, eps)  # fails now if singular
+    with library_errors(prefix=f"{features.source}: "):
+        metric = new_metric(image_dim, text_dim, eps)
+        metric.update(features.images, features.texts, real=True)
+        reference_from_moments(metric.metric_state["reference_moments"], image_dim, eps)  # fails now if singular
     save_reference(args.output, metric, label)
     console.info(
         f"Wrote {args.output}: {len(features)} reference pairs, image_dim {image_dim}, text_dim {text_dim},"

@@ -13,24 +13,26 @@ import torch
 from torch import Tensor
 
 from mid_metric._version import __version__
+from mid_metric.cli.messages import library_errors
 from mid_metric.cli.parser import CommandError
 from mid_metric.cli.session import (
     Console,
     Features,
     Session,
     check_device,
-    check_output_folder,
     check_reference_count,
     check_reference_file,
+    check_table_output,
     input_files,
     load_reference,
     matches_recorded_model,
     new_metric,
+    print_report,
     read_source,
     recorded_identity,
     refuse_overwriting_inputs,
 )
-from mid_metric.io.atomic import atomic_output
+from mid_metric.io.atomic import atomic_text_output
 from mid_metric.io.pairs import (
     FeaturePairs,
     PairsTable,
@@ -59,8 +61,8 @@ def _result_fields(result: Any) -> dict[str, Any]:
 
 
 def _write_per_sample(path: str, candidates: Features, columns: dict[str, Tensor]) -> None:
-    """Write one row per candidate pair: its row, image and caption, then one column per metric."""
-    with atomic_output(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+    """Write one row per candidate pair (its row, image and caption, then one column per metric); ``-``: stdout."""
+    with atomic_text_output(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["row", "image", "caption", *columns])
         values = list(zip(*(column.tolist() for column in columns.values())))
@@ -158,14 +160,50 @@ def _warn_unnormalised(
             )
 
 
-def _check_finite(report: dict[str, Any]) -> None:
-    """Fail with one line when a number of the result is NaN or infinite (JSON has no such numbers)."""
+def _check_finite(report: dict[str, Any], eps_allowed: bool) -> None:
+    """Fail with one line when a number of the result is NaN or infinite (JSON has no such numbers).
+
+    The advice to pass ``--eps`` is left out of bias-corrected runs, which need ``--eps 0``.
+    """
     bad = [f"{key} = {value}" for key, value in report.items() if isinstance(value, float) and not math.isfinite(value)]
     if bad:
+        advice = "check them, or pass --eps" if eps_allowed else "check them"
         raise CommandError(
             f"the result is not a finite number ({', '.join(bad)}); nothing is printed or written. The features are"
-            " probably degenerate (constant, duplicated or far from the reference); check them, or pass --eps."
+            f" probably degenerate (constant, duplicated or far from the reference); {advice}."
         )
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Refuse, before any work, options that do not go together, naming only options that exist."""
+    if args.bias_correction and "mid" not in args.metrics:
+        raise CommandError(
+            f"--bias-correction changes the mid metric only, which --metrics {','.join(args.metrics)} does not"
+            " compute: add mid to --metrics, or drop --bias-correction."
+        )
+    if args.bias_correction != "jackknife":
+        for option, value in (("--jackknife-key", args.jackknife_key), ("--jackknife-groups", args.jackknife_groups)):
+            if value is not None:
+                raise CommandError(f"{option} applies to --bias-correction jackknife only; drop it, or add that.")
+        return
+    if args.reference is not None:
+        raise CommandError(
+            "--bias-correction jackknife needs the reference pairs themselves (--reference-pairs): a reference"
+            f" statistics file such as {args.reference} holds no jackknife groups."
+        )
+
+
+def _metric_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The jackknife's options of MID (``jackknife_key``, ``jackknife_groups``) from the command line."""
+    if args.bias_correction != "jackknife":
+        return {}
+    # Captioning (--generated-caption-column): the candidates are the reference's images with generated captions,
+    # so a pair's image decides its group; text-to-image candidates share the reference's captions.
+    key = args.jackknife_key or ("image" if args.generated_caption_column else "text")
+    options: dict[str, Any] = {"jackknife_key": key}
+    if args.jackknife_groups is not None:
+        options["jackknife_groups"] = args.jackknife_groups
+    return options
 
 
 def _check_model_sizes(session: Session, source: Any, dims: tuple[int, int], reference_label: str) -> None:
@@ -184,11 +222,13 @@ def run_score(args: argparse.Namespace) -> int:
     """``mid-metric score PAIRS``: score candidate pairs against a reference; return the exit status."""
     console = Console(args.quiet)
     check_device(args.device)
+    _check_options(args)
+    with_mid = "mid" in args.metrics
+    eps_allowed = not args.bias_correction  # the corrections need --eps 0: never advise another
     caption_column = args.generated_caption_column or args.caption_column
     caption_option = "--generated-caption-column" if args.generated_caption_column else "--caption-column"
     candidates_source = read_source(args.pairs, args, caption_column, caption_option)
-    if args.per_sample:  # fail before any work when the output folder is missing
-        check_output_folder(args.per_sample)
+    check_table_output("--per-sample", args.per_sample, args.json)  # before any work
     reference_source = None
     if args.reference is not None:
         check_reference_file(args.reference)
@@ -201,17 +241,21 @@ def run_score(args: argparse.Namespace) -> int:
     requested = recorded_identity(args.model)
 
     if args.reference is not None:
-        metric, metadata = load_reference(args.reference, args.eps, _estimator(args.bias_correction))
+        with library_errors(eps_allowed):
+            metric, metadata = load_reference(args.reference, args.eps, _estimator(args.bias_correction))
         image_dim, text_dim, eps = metric.image_dim, metric.text_dim, metric.eps
         recorded = metadata["feature_extractor"]
         if requested and recorded and not args.no_check_feature_extractor:
             if not matches_recorded_model(args.model, requested, recorded):
                 raise CommandError(
                     f"{args.reference} was built with model {recorded!r}, but --model {args.model!r} is"
-                    f" {requested!r}; MID values from different models are not comparable. Build a reference with"
+                    f" {requested!r}; scores from different models are not comparable. Build a reference with"
                     " this model, drop --model, or pass --no-check-feature-extractor if both denote the same model."
                 )
-        check_reference_count(metadata["num_samples"], image_dim, text_dim, eps, str(args.reference))
+        if with_mid:
+            check_reference_count(
+                metadata["num_samples"], image_dim, text_dim, eps, str(args.reference), args.bias_correction
+            )
         num_reference = int(metadata["num_samples"])
         session = Session(args, console, args.model or recorded or None)
         run_model = requested or recorded or None
@@ -255,17 +299,19 @@ def run_score(args: argparse.Namespace) -> int:
         model = candidates_model or reference_model
         raise CommandError(
             f"{unknown} holds precomputed features of unknown origin, but the features of {known} come from model"
-            f" {model!r}; MID of features from two models is meaningless. If the features of {unknown} were"
+            f" {model!r}; scores of features from two models are meaningless. If the features of {unknown} were"
             f" computed with {model!r} (L2-normalised, as mid-metric does), pass --features-from-model."
         )
 
     if reference_source is not None:
         reference = session.features(reference_source)
         image_dim, text_dim = reference.images.shape[1], reference.texts.shape[1]
-        check_reference_count(len(reference), image_dim, text_dim, eps, str(reference.source))
         num_reference = len(reference)
-        metric = new_metric(image_dim, text_dim, eps, _estimator(args.bias_correction))
-        metric.update(reference.images, reference.texts, real=True)
+        if with_mid:
+            check_reference_count(len(reference), image_dim, text_dim, eps, str(reference.source), args.bias_correction)
+            with library_errors(eps_allowed):
+                metric = new_metric(image_dim, text_dim, eps, _estimator(args.bias_correction), **_metric_options(args))
+                metric.update(reference.images, reference.texts, real=True)
         reference_norms = (_rms_norm(reference.images), _rms_norm(reference.texts))
         _check_model_sizes(session, candidates_source, (image_dim, text_dim), reference_label)
     candidates = session.features(candidates_source)
@@ -275,17 +321,21 @@ def run_score(args: argparse.Namespace) -> int:
             f"{candidates.source} has features of sizes (image_dim, text_dim) = {got}, but the reference"
             f" {reference_label} has ({image_dim}, {text_dim}); both must come from the same model."
         )
-    if len(candidates) < 2:
-        raise CommandError(f"{candidates.source} holds {len(candidates)} pair; MID needs at least 2 candidate pairs.")
-    _warn_unnormalised(console, reference_norms, candidates, str(reference_label))
     report: dict[str, Any] = {}
-    if "mid" in args.metrics:
-        metric.update(candidates.images, candidates.texts, real=False)
-        result = metric.compute_with_ci()  # MID, its terms, a standard error and a 95% confidence interval
+    if with_mid:
+        if len(candidates) < 2:
+            raise CommandError(
+                f"{candidates.source} holds {len(candidates)} pair; MID needs at least 2 candidate pairs."
+            )
+        _warn_unnormalised(console, reference_norms, candidates, str(reference_label))
+        with library_errors(eps_allowed):
+            metric.update(candidates.images, candidates.texts, real=False)
+            result = metric.compute_with_ci()  # MID, its terms, a standard error and a 95% confidence interval
         report.update(_result_fields(result))
     else:  # the counts, for the report
         report.update({"num_reference": num_reference, "num_candidates": len(candidates)})
-    companions = _companion_scores(args.metrics, candidates, (image_dim, text_dim))
+    with library_errors():
+        companions = _companion_scores(args.metrics, candidates, (image_dim, text_dim))
     report["metrics"] = {
         name: ({"value": report["mid"]} if name == "mid" else {"value": companions[name][0]}) for name in args.metrics
     }
@@ -302,12 +352,13 @@ def run_score(args: argparse.Namespace) -> int:
             "version": __version__,
         }
     )
-    _check_finite(report)
-    _check_finite({name: entry["value"] for name, entry in report["metrics"].items()})
+    _check_finite(report, eps_allowed)
+    _check_finite({name: entry["value"] for name, entry in report["metrics"].items()}, eps_allowed)
     if args.per_sample:
         columns: dict[str, Tensor] = {}
-        if "mid" in args.metrics:
-            columns["pmi"] = metric.pmi(candidates.images, candidates.texts)
+        if with_mid:
+            with library_errors(eps_allowed):
+                columns["pmi"] = metric.pmi(candidates.images, candidates.texts)
         for name, (_, values) in companions.items():
             columns[_COMPANIONS[name][2]] = values
         for column, values in columns.items():
@@ -317,10 +368,11 @@ def run_score(args: argparse.Namespace) -> int:
                     f"the {column} of candidate row {row} is not finite; {args.per_sample} is not written."
                 )
         _write_per_sample(args.per_sample, candidates, columns)
-        what = ", ".join(columns)
-        console.info(f"Wrote {args.per_sample}: {what} of each of the {len(candidates)} candidate pairs.")
+        if args.per_sample != "-":
+            what = ", ".join(columns)
+            console.info(f"Wrote {args.per_sample}: {what} of each of the {len(candidates)} candidate pairs.")
     if args.json:
         print(json.dumps(report, indent=2, allow_nan=False))
     else:
-        print(_format_text(report))
+        print_report(_format_text(report), args.per_sample, console)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass
@@ -13,8 +14,10 @@ import torch
 from torch import Tensor
 
 from mid_metric import _checks
+from mid_metric.cli.messages import cli_wording
 from mid_metric.cli.parser import PROG, CommandError
 from mid_metric.features import is_local_model_identity, model_identity, same_model
+from mid_metric.io.atomic import STDOUT, OutputPathError, output_target
 from mid_metric.io.pairs import (
     FeaturePairs,
     PairsError,
@@ -24,6 +27,7 @@ from mid_metric.io.pairs import (
     read_features,
     read_pairs,
 )
+from mid_metric.io.tables import check_input_file
 
 
 # ---------------------------------------------------------------------------------------------- messages
@@ -115,10 +119,10 @@ def read_source(path: str, args: argparse.Namespace, caption_column: str, captio
     return read_pairs(path, args.image_column, caption_column, caption_option=caption_option)
 
 
-def _check_images_exist(table: PairsTable) -> None:
+def check_images_exist(table: PairsTable, where: str = "row") -> None:
+    """Fail with one line naming the file and row (``where``) of the first image that is missing or a link loop."""
     for pair in table.pairs:
-        if not pair.image_path.is_file():
-            raise PairsError(f"{table.source}, row {pair.row}: image {str(pair.image_path)!r} does not exist.")
+        check_input_file(pair.image_path, f"{table.source}, {where} {pair.row}: image", PairsError)
 
 
 def encode_images(table: PairsTable, extractor: Any, args: argparse.Namespace, console: Console) -> Tensor:
@@ -153,21 +157,21 @@ def encode_texts(captions: Sequence[str], extractor: Any, batch_size: int) -> Te
     return torch.cat(chunks)
 
 
-def _encode(table: PairsTable, extractor: Any, args: argparse.Namespace, console: Console) -> Features:
-    """Encode the images (through a DataLoader, with a progress bar) and the captions of a pairs table."""
-    images = encode_images(table, extractor, args, console)
-    texts = encode_texts([pair.caption for pair in table.pairs], extractor, args.batch_size)
-    return Features(images, texts, table.source, table)
-
-
 class Session:
-    """Loads the feature extractor once, on demand, and turns PAIRS files into features."""
+    """Loads the feature extractor once, on demand, and turns PAIRS files into features.
+
+    Each image file and each caption is encoded once per run: a reference and its candidates that share images
+    (captioning) or captions (text-to-image) get bit-identical features for them, whatever the batches, as the
+    estimators that detect shared rows need.
+    """
 
     def __init__(self, args: argparse.Namespace, console: Console, model: Optional[str]) -> None:
         self.args = args
         self.console = console
         self.model = model
         self._extractor: Any = None
+        self._images: dict[Path, Tensor] = {}  # by resolved path
+        self._texts: dict[str, Tensor] = {}
 
     def extractor(self, needed_for: Path) -> Any:
         """Return the ``--model`` feature extractor, loaded once; ``needed_for`` names the file that needs it."""
@@ -203,17 +207,34 @@ class Session:
         """Return the features of a source: read from a features file, or encoded with the model."""
         if isinstance(source, FeaturePairs):
             return Features(source.image_features, source.text_features, source.source)
-        _check_images_exist(source)  # fail before loading the model and encoding anything
+        check_images_exist(source)  # fail before loading the model and encoding anything
         extractor = self.extractor(source.source)
-        return _encode(source, extractor, self.args, self.console)
+        paths = [pair.image_path.resolve() for pair in source.pairs]
+        new = {path: pair for path, pair in zip(paths, source.pairs) if path not in self._images}
+        if new:
+            table = dataclasses.replace(source, pairs=tuple(new.values()))
+            self._images.update(zip(new, encode_images(table, extractor, self.args, self.console)))
+        captions = [pair.caption for pair in source.pairs]
+        unseen = [caption for caption in dict.fromkeys(captions) if caption not in self._texts]
+        if unseen:
+            self._texts.update(zip(unseen, encode_texts(unseen, extractor, self.args.batch_size)))
+        images = torch.stack([self._images[path] for path in paths])
+        texts = torch.stack([self._texts[caption] for caption in captions])
+        return Features(images, texts, source.source, source)
 
 
-def check_reference_count(count: int, image_dim: int, text_dim: int, eps: float, what: str) -> None:
-    """Refuse too few reference pairs (by :func:`mid_metric._checks.check_reference_count`), naming ``what``."""
+def check_reference_count(
+    count: int, image_dim: int, text_dim: int, eps: float, what: str, bias_correction: Union[bool, str] = False
+) -> None:
+    """Refuse too few reference pairs (by :func:`mid_metric._checks.check_reference_count`), naming ``what``.
+
+    A bias-corrected run (``bias_correction`` true), which needs ``--eps 0``, is not advised to set ``--eps``.
+    """
     try:
-        _checks.check_reference_count(count, image_dim + text_dim, eps)
+        _checks.check_reference_count(count, image_dim + text_dim, eps, bias_correction=bool(bias_correction))
     except ValueError as error:
-        raise CommandError(f"{what} holds {count} pairs: {error} (On the command line, `eps` is --eps.)") from None
+        message = cli_wording(" ".join(str(error).split()), eps_allowed=not bias_correction)
+        raise CommandError(f"{what} holds {count} pairs: {message}") from None
 
 
 def check_device(text: str) -> torch.device:
@@ -264,19 +285,18 @@ def matches_recorded_model(requested: str, identity: str, recorded: str) -> bool
 
 # -------------------------------------------------------------------------------------- reference files
 def save_reference(path: str, metric: Any, model: Optional[str]) -> None:
-    """Write the metric's reference statistics (atomically: a temporary file, then a rename)."""
-    metric.save_reference(path, feature_extractor=model or "")
+    """Write the metric's reference statistics atomically, through a symbolic link to its file (the link stays)."""
+    metric.save_reference(output_target(path), feature_extractor=model or "")
 
 
 def check_reference_file(path: str) -> None:
-    """Refuse a ``--reference`` that is a folder or does not exist, with one line."""
+    """Refuse a ``--reference`` that is a folder, does not exist or is a symbolic link loop, with one line."""
     if Path(path).is_dir():
         raise CommandError(
             f"Reference file {path!r} is a folder; --reference takes the .safetensors file that 'mid-metric"
             " reference' wrote."
         )
-    if not Path(path).is_file():
-        raise CommandError(f"Reference file {path!r} does not exist.")
+    check_input_file(Path(path), "Reference file", CommandError)
 
 
 def load_reference(
@@ -288,6 +308,11 @@ def load_reference(
 
     check_reference_file(path)
     _, metadata = load_reference_statistics(path)  # checks the file before anything else is done
+    if bias_correction and eps is None and float(metadata["eps"]) != 0.0:
+        raise CommandError(
+            f"--bias-correction needs --eps 0, but {path} records eps {float(metadata['eps']):g}, which is used"
+            " unless --eps is given: pass --eps 0 too."
+        )
     options: dict[str, Any] = {"check_feature_extractor": False, "bias_correction": bias_correction}
     # (the CLI compares model names itself)
     if eps is not None:
@@ -314,7 +339,7 @@ def input_files(args: argparse.Namespace, sources: Sequence[Any], files: Sequenc
 def refuse_overwriting_inputs(outputs: dict[str, Optional[str]], inputs: Sequence[Path]) -> None:
     """Fail when an output path is (a link to, or another name of) one of the inputs."""
     for option, output in outputs.items():
-        if not output:
+        if not output or output == STDOUT:
             continue
         try:
             target = os.stat(output)
@@ -333,22 +358,51 @@ def refuse_overwriting_inputs(outputs: dict[str, Optional[str]], inputs: Sequenc
 
 
 # --------------------------------------------------------------------------------------------- commands
-def new_metric(image_dim: int, text_dim: int, eps: float, bias_correction: Union[bool, str] = False) -> Any:
-    """A metric for features of these sizes (imported here, so that ``--help`` stays fast)."""
+def new_metric(
+    image_dim: int, text_dim: int, eps: float, bias_correction: Union[bool, str] = False, **options: Any
+) -> Any:
+    """A metric for features of these sizes (imported here, so that ``--help`` stays fast); ``options`` go to it."""
     from mid_metric.metrics import MutualInformationDivergence
 
-    return MutualInformationDivergence(feature=(image_dim, text_dim), eps=eps, bias_correction=bias_correction)
+    return MutualInformationDivergence(
+        feature=(image_dim, text_dim), eps=eps, bias_correction=bias_correction, **options
+    )
 
 
-def check_output_folder(path: str) -> None:
-    """Refuse an empty output path, a folder, or a path whose folder does not exist."""
+def check_output(option: str, path: str, stdout_allowed: bool = False) -> None:
+    """Refuse, before any work, an output that :func:`mid_metric.io.atomic.output_target` refuses, naming ``option``.
+
+    That is an empty path, a folder, a FIFO, socket or device, a symbolic link loop, or a missing folder. ``-`` is
+    standard output where ``stdout_allowed``, and refused elsewhere (a binary file has no place there).
+    """
+    if path == STDOUT:
+        if stdout_allowed:
+            return
+        raise CommandError(f"{option} -: this file cannot go to standard output; give a file name.")
+    try:
+        output_target(path)
+    except OutputPathError as error:
+        raise CommandError(f"{option}: {error}") from None
+
+
+def check_table_output(option: str, path: Optional[str], json_report: bool) -> None:
+    """Check a per-sample table's output (``-``: standard output, which ``--json`` cannot share), before any work."""
     if not path:
-        raise CommandError("The output file name is empty.")
-    if Path(path).is_dir():
-        raise CommandError(f"Cannot write {path!r}: it is a folder; give a file name.")
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise CommandError(f"Cannot write {path!r}: folder {str(folder)!r} does not exist.")
+        return
+    if path == STDOUT and json_report:
+        raise CommandError(
+            f"{option} - prints the table on standard output, where --json prints its report: give {option} a"
+            " file name, or drop --json."
+        )
+    check_output(option, path, stdout_allowed=True)
+
+
+def print_report(text: str, table_output: Optional[str], console: Console) -> None:
+    """Print the report on stdout, or on stderr (unless ``--quiet``) when the per-sample table went to stdout."""
+    if table_output == STDOUT:
+        console.info(text)
+    else:
+        print(text)
 
 
 def one_line(error: BaseException) -> str:
