@@ -160,14 +160,23 @@ def test_dist_sync_on_step_returns_the_value_over_every_ranks_batch(companion_re
 # collectives on the two ranks (one blocked until the process-group timeout); True against False returned a
 # different value on each rank.
 MID_MISMATCHES = {
-    "true_false": (({"bias_correction": True}, {"bias_correction": False}), "bias_correction"),
-    "eps": (({"eps": 0.0}, {"eps": 1e-3}), "eps"),
-    "groups": (
-        ({"bias_correction": "jackknife", "jackknife_groups": 10}, {"bias_correction": "jackknife"}),
-        "jackknife_groups",
+    "true_false": (
+        ({"bias_correction": True}, {"bias_correction": False}),
+        "`bias_correction` (rank 0: True; rank 1: False)",
     ),
-    "key": (({"bias_correction": "jackknife"}, {"bias_correction": "jackknife", "jackknife_key": "image"}), "key"),
-    "jackknife_true": (({"bias_correction": "jackknife"}, {"bias_correction": True}), "bias_correction"),
+    "eps": (({"eps": 0.0}, {"eps": 1e-3}), "`eps` (rank 0: 0.0; rank 1: 0.001)"),
+    "groups": (
+        ({"bias_correction": "jackknife", "jackknife_groups": 5}, {"bias_correction": "jackknife"}),
+        "`jackknife_groups` (rank 0: 5; rank 1: 10)",
+    ),
+    "key": (
+        ({"bias_correction": "jackknife"}, {"bias_correction": "jackknife", "jackknife_key": "image"}),
+        "`jackknife_key` (rank 0: 'text'; rank 1: 'image')",
+    ),
+    "jackknife_true": (
+        ({"bias_correction": "jackknife"}, {"bias_correction": True}),
+        "`bias_correction` (rank 0: 'jackknife'; rank 1: True)",
+    ),
 }
 
 
