@@ -14,6 +14,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import csv
 import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,19 @@ def test_malformed_or_missing_files_are_one_line_with_file_and_line(data, tmp_pa
     before = expert.read_bytes()
     fail([*args, "--per-sample", str(expert)], capsys, "refusing to overwrite an input")
     assert expert.read_bytes() == before
+
+
+def test_per_sample_dash_prints_the_table_on_stdout_and_special_files_are_refused(data, encoder, tmp_path, capsys):
+    args = benchmark_args(data, "flickr8k-expert", "--eps", str(EPS), "--bootstrap", "0")
+    table = run([*args, "--per-sample", "-"], capsys)  # -q: stdout holds the table and nothing else
+    rows = list(csv.DictReader(table.splitlines()))
+    expected = data["expected"]["expert"]
+    assert len(rows) == expected.num_judgments == 212
+    for name, per_item in expected_scores(expected, encoder).items():
+        values, _ = expanded(expected, per_item)
+        np.testing.assert_allclose([float(row[name]) for row in rows], values, rtol=1e-4, atol=1e-5)
+    fail([*args, "--per-sample", "-", "--json"], capsys, "--per-sample -", "--json")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo")
+        fail([*args, "--per-sample", str(tmp_path / "fifo")], capsys, "--per-sample", "FIFO")
+        assert capsys.readouterr().out == "" and stat.S_ISFIFO(os.stat(tmp_path / "fifo").st_mode)

@@ -294,7 +294,17 @@ def test_hub_id_is_recorded_as_it_is_and_loaded_from_the_cache(work, extractor, 
     assert json.loads(proc.stdout)["reference_model"] == "tiny-org/tiny-clip"
 
 
-def test_captioning_with_the_jackknife_groups_by_image_and_encodes_each_image_once(work, tmp_path, capsys):
+def test_captioning_with_the_jackknife_groups_by_image_and_encodes_each_image_once(work, tmp_path, capsys, monkeypatch):
+    from mid_metric.cli import session
+
+    encoded: list[int] = []  # a spy on the image encoder: how many images each call encodes
+    real_encode = session.encode_images
+
+    def counting(table, *args):
+        encoded.append(len(table.pairs))
+        return real_encode(table, *args)
+
+    monkeypatch.setattr(session, "encode_images", counting)
     root, model = work["root"], str(work["model"])
     # The candidates: the reference's images with generated captions, listed in another order, so read in other
     # batches. Each image is encoded once per run, so both sets hold the very same image features, and the run
@@ -307,6 +317,8 @@ def test_captioning_with_the_jackknife_groups_by_image_and_encodes_each_image_on
     for candidates in (root / "real" / "pairs.csv", tmp_path / "captions.csv"):
         argv = ["score", str(candidates), *reference, *options, "--batch-size", "7", "--json", "-q"]
         reports.append(json.loads(run_cli(argv, capsys)))
+        assert sum(encoded) == NUM_PAIRS, encoded  # the candidates' images were encoded with the reference's
+        encoded.clear()
     assert reports[0]["estimator"] == "jackknife" and reports[0]["num_candidates"] == NUM_PAIRS
     assert reports[0]["mid"] == pytest.approx(reports[1]["mid"], rel=1e-5)  # rows summed in another order
     assert reports[0]["ci_low"] == pytest.approx(reports[1]["ci_low"], rel=1e-5)

@@ -172,6 +172,19 @@ def test_writing_through_a_symlink_replaces_its_target_and_keeps_the_link(tmp_pa
     assert names == ["cands.npz", "chain.csv", "elsewhere", "pmi-link.csv", "real.npz", "ref-link.safetensors"]
 
 
+def test_the_demo_figure_is_written_through_a_symlink(tmp_path):
+    pytest.importorskip("matplotlib")
+    from mid_metric.cli.demo import plot_report, run_demo
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "demo.png").write_bytes(b"stale")
+    (tmp_path / "latest.png").symlink_to(Path("figures") / "demo.png")
+    plot_report(run_demo(num_reference=500, num_candidates=200, dim=2), tmp_path / "latest.png")
+    assert (tmp_path / "figures" / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert os.readlink(tmp_path / "latest.png") == str(Path("figures") / "demo.png")
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["demo.png"]
+
+
 def _special_outputs(tmp_path: Path) -> dict[str, Path]:
     """A FIFO, a folder, a link to the FIFO and a symbolic link loop."""
     os.mkfifo(tmp_path / "fifo")

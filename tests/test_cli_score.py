@@ -404,6 +404,14 @@ def test_errors_of_bias_corrected_runs_never_advise_eps(tmp_path, capsys):
     np.savez(tmp_path / "few.npz", image_features=x[:9].numpy(), text_features=y[:9].numpy())
     argv = ["score", str(cands), "--reference-pairs", str(tmp_path / "few.npz"), "--bias-correction", "jackknife"]
     _no_python_names(fail(argv, capsys, "--jackknife-groups", "--bias-correction gaussian"))
+    # Asked for together, --eps and a correction are refused by name; so is the eps that a reference file records.
+    argv = ["score", str(cands), "--reference-pairs", str(real), "--eps", "1e-3", "--bias-correction"]
+    fail(argv, capsys, "--bias-correction needs --eps 0", "got --eps 0.001")
+    assert cli.main(["reference", str(real), "-o", str(tmp_path / "ref.safetensors"), "--eps", "5e-4", "-q"]) == 0
+    argv = ["score", str(cands), "--reference", str(tmp_path / "ref.safetensors"), "--bias-correction"]
+    fail(argv, capsys, "records eps 0.0005", "--eps 0")
+    assert cli.main([*argv, "--eps", "0", "-q"]) == 0
+    capsys.readouterr()
     # Too few reference pairs for the corrected estimator: no eps either.
     np.savez(tmp_path / "eight.npz", image_features=x[:8].numpy(), text_features=y[:8].numpy())
     argv = ["score", str(cands), "--reference-pairs", str(tmp_path / "eight.npz"), "--bias-correction"]

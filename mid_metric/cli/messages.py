@@ -58,7 +58,7 @@ def cli_wording(message: str, eps_allowed: bool = True) -> str:
         for pattern, replacement in _EPS_ADVICE:
             message = pattern.sub(replacement, message)
         sentences = [part for part in _SENTENCE_END.split(message) if not re.search(r"\beps\b", part)]
-        message = " ".join(sentences)
+        message = " ".join(sentences) or message  # a message about eps itself stays
     for pattern, replacement in _OPTIONS:
         message = pattern.sub(replacement, message)
     return message

@@ -176,6 +176,11 @@ def _check_finite(report: dict[str, Any], eps_allowed: bool) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse, before any work, options that do not go together, naming only options that exist."""
+    if args.bias_correction and args.eps:
+        raise CommandError(
+            f"--bias-correction needs --eps 0 (its corrections are derived for unregularised covariances), got --eps"
+            f" {args.eps:g}: drop --eps, or drop --bias-correction."
+        )
     if args.bias_correction and "mid" not in args.metrics:
         raise CommandError(
             f"--bias-correction changes the mid metric only, which --metrics {','.join(args.metrics)} does not"
