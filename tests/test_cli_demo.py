@@ -94,6 +94,9 @@ def test_help_of_the_command_and_of_each_subcommand(capsys):
             "--no-check-feature-extractor",
             "check_feature_extractor=False",
             "fingerprint",
+            "--jackknife-key",
+            "--jackknife-groups",
+            "stdout",
         ],
     }
     for command, words in expected.items():

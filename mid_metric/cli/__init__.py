@@ -32,7 +32,9 @@ unless ``--features-from-model`` states that they come from that model.
 
 One module per command (:mod:`~mid_metric.cli.demo`, :mod:`~mid_metric.cli.reference`,
 :mod:`~mid_metric.cli.score`, :mod:`~mid_metric.cli.correlate`, :mod:`~mid_metric.cli.benchmark`), with the parser
-in :mod:`~mid_metric.cli.parser` and what they share in :mod:`~mid_metric.cli.session`. Only the CLIP path imports
+in :mod:`~mid_metric.cli.parser` (the options' value types in :mod:`~mid_metric.cli.values`), the library's errors
+in the options' words in :mod:`~mid_metric.cli.messages`, and what they share in :mod:`~mid_metric.cli.session`.
+Only the CLIP path imports
 transformers, so ``mid-metric demo`` and precomputed features never do, and only ``correlate`` and ``benchmark``
 import scipy.
 """
