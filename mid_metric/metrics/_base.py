@@ -6,10 +6,11 @@ sizes and an optional frozen extractor, checks and encodes batches, keeps float6
 is asked, leaves the extractor's weights out of ``state_dict()``, and checks every incoming state before it
 changes any (``merge_state`` and ``load_state_dict``), so that a rejected call leaves the metric as it was.
 
-``load_state_dict`` tries the whole load on a stand-in first (:meth:`PairedFeatureMetric.load_state_dict`): a dict
-that fails any check, of a state or of the keys, raises before the metric changes. Under DDP, the ranks compare the
-settings that change the value (:meth:`PairedFeatureMetric._sync_settings`) before any state is exchanged, so that
-metrics built differently raise one error on every rank instead of hanging or mixing their states.
+``load_state_dict`` checks the keys too before it assigns a state: with ``strict=True``, a key that is not this
+metric's (another metric's state mixed in) is reported and nothing is loaded, where torch's loader would assign the
+states and only then raise. Under DDP, the ranks compare the settings that change the value
+(:meth:`PairedFeatureMetric._sync_settings`) before any state is exchanged, so that metrics built differently raise
+one error on every rank instead of hanging or mixing their states.
 
 List states (torchmetrics' ``dist_reduce_fx="cat"``), registered with
 :meth:`PairedFeatureMetric.add_checked_list_state`, keep their dtype through ``.to(dtype)``, merge in order (this
@@ -19,7 +20,6 @@ metric's rows, then the incoming ones), and sync under DDP from a rank that hold
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Union
 
@@ -40,6 +40,7 @@ StateCheck = Callable[[object, str], Tensor]
 ListStateCheck = Callable[[object, str], list[Tensor]]
 
 _EXTRACTOR_PREFIX = "feature_extractor."
+_EXTRA_STATE_KEY = "_extra_state"
 
 
 def are_features(images: object, texts: object) -> bool:
@@ -71,6 +72,7 @@ class PairedFeatureMetric(Metric):
 
     is_differentiable: bool = False
     full_state_update: bool = False
+    _strict_load = True  # the `strict` of the load_state_dict in progress (a load from a parent module is strict)
 
     def __init__(self, feature: FeatureSpec, validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -219,11 +221,13 @@ class PairedFeatureMetric(Metric):
         required: tuple[str, ...],
         missing_keys: list[str],
         defaults: dict[str, Tensor],
+        unexpected_keys: Optional[list[str]] = None,
     ) -> Optional[dict[str, Tensor]]:
         """Pop and check this metric's states from ``state_dict``; return them, or ``None`` when some are missing.
 
-        ``defaults`` fills states that older checkpoints lack. Nothing is popped when a state is missing or a check
-        fails, so the caller can stop without a change.
+        ``defaults`` fills states that older checkpoints lack. When ``unexpected_keys`` is given and the load is
+        strict, keys that are not this metric's are added to it and ``None`` is returned too. Nothing is popped when
+        a key is missing or unexpected or a check fails, so the caller can stop without a change.
         """
         present = {name: state_dict[prefix + name] for name in self._state_checks if prefix + name in state_dict}
         missing = [prefix + name for name in required if name not in present]
@@ -231,6 +235,10 @@ class PairedFeatureMetric(Metric):
             missing_keys.extend(missing)
             return None
         checked = self._check_incoming(present, prefix)
+        unexpected = self._unexpected_keys(state_dict, prefix) if unexpected_keys is not None else []
+        if unexpected and self._strict_load:  # torch would assign the states first, then raise for these
+            unexpected_keys.extend(unexpected)  # type: ignore[union-attr]
+            return None
         for name, value in defaults.items():
             checked.setdefault(name, value)
         for name in present:
@@ -299,34 +307,39 @@ class PairedFeatureMetric(Metric):
         return self
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load the states of ``state_dict`` (as :meth:`torch.nn.Module.load_state_dict`), or change nothing.
+        """Load the states of ``state_dict`` (as :meth:`torch.nn.Module.load_state_dict`), or none of them.
 
-        The whole load is tried first on a stand-in of this metric (:meth:`_load_stand_in`): a dict that fails any
-        check, of a state (another layout, other settings, an invalid value) or of the keys (a missing one, or with
-        ``strict`` an unexpected one), raises there, and this metric is left as it was.
+        Every state is checked, and with ``strict=True`` every key too, before any state is assigned: a dict with a
+        state of another layout, settings or value, a missing state, or (strict) a key that is not this metric's
+        raises and leaves the metric as it was.
 
         Raises:
             RuntimeError: As :meth:`torch.nn.Module.load_state_dict`, for missing or unexpected keys.
             ValueError: If a state is of another layout or settings, or invalid.
         """
-        if isinstance(state_dict, Mapping):  # torch raises its TypeError otherwise
-            nn.Module.load_state_dict(self._load_stand_in(), state_dict, strict=strict, assign=assign)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._strict_load = strict
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        finally:
+            self._strict_load = True
 
-    def _load_stand_in(self) -> PairedFeatureMetric:
-        """A copy of this metric to try a load on: it shares the states' tensors and has no feature extractor.
+    def _load_keys(self) -> set[str]:
+        """The keys (without prefix) that this metric reads from a state dict: its states, and its extra state."""
+        keys = set(self._state_checks)
+        if type(self).set_extra_state is not nn.Module.set_extra_state:
+            keys.add(_EXTRA_STATE_KEY)
+        return keys
 
-        Everything else (the host-side bookkeeping a load may change) is copied, so that the trial changes nothing
-        of this metric; the tensors are only read by a load, which replaces them instead of writing into them.
-        """
-        shared: dict[int, Any] = {}
-        for name, default in self._defaults.items():
-            value = getattr(self, name)
-            for tensor in [default, *(value if isinstance(value, list) else [value])]:
-                shared[id(tensor)] = tensor
-        if self.feature_extractor is not None:
-            shared[id(self.feature_extractor)] = None  # its weights are not part of the states (see state_dict)
-        return copy.deepcopy(self, shared)
+    def _unexpected_keys(self, state_dict: dict, prefix: str) -> list[str]:
+        """The keys under ``prefix`` that are neither this metric's (:meth:`_load_keys`) nor its submodules'."""
+        known = self._load_keys()
+        return [
+            key
+            for key in state_dict
+            if key.startswith(prefix)
+            and key[len(prefix) :] not in known
+            and key[len(prefix) :].split(".", 1)[0] not in self._modules
+        ]
 
     def state_dict(  # type: ignore[override]
         self, destination: Optional[dict[str, Any]] = None, prefix: str = "", keep_vars: bool = False

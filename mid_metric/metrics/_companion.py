@@ -194,11 +194,13 @@ class CompanionMetric(PairedFeatureMetric):
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """Check every state of this metric in ``state_dict`` first, then load them all (or none).
 
-        When a state is missing, nothing of this metric is loaded and the keys are reported as missing
-        (``load_state_dict`` raises with ``strict=True`` and returns them otherwise).
+        When a state is missing, or (``strict=True``) a key is not this metric's, nothing of this metric is loaded
+        and the keys are reported (``load_state_dict`` raises with ``strict=True`` and returns them otherwise).
         """
-        missing_keys = args[2]
-        checked = self._load_checked_states(state_dict, prefix, tuple(self._defaults), missing_keys, {})
+        missing_keys, unexpected_keys = args[2], args[3]
+        checked = self._load_checked_states(
+            state_dict, prefix, tuple(self._defaults), missing_keys, {}, unexpected_keys
+        )
         if checked is None:
             return
         for name, value in checked.items():
