@@ -1,7 +1,8 @@
 """mid-metric: Mutual Information Divergence for text-to-image and captioning models.
 
 Next to :class:`MutualInformationDivergence`, the metrics the MID paper compares it with run on the same features:
-:class:`CLIPScore`, :class:`RefCLIPScore`, :class:`CLIPRPrecision` and :class:`InfoNCE`.
+:class:`CLIPScore`, :class:`RefCLIPScore`, :class:`CLIPRPrecision` and :class:`InfoNCE`; and two image-quality
+metrics compare the real and the generated images as sets: :class:`FrechetDistance` and :class:`CMMD`.
 
 ``import mid_metric`` needs torch and torchmetrics only: this package imports Hugging Face transformers only when a
 CLIP model is requested. (torchmetrics 1.9 itself imports transformers at its own import when it is installed.)
@@ -9,7 +10,15 @@ CLIP model is requested. (torchmetrics 1.9 itself imports transformers at its ow
 
 from mid_metric import functional
 from mid_metric._version import __version__
-from mid_metric.metrics import CLIPRPrecision, CLIPScore, InfoNCE, MutualInformationDivergence, RefCLIPScore
+from mid_metric.metrics import (
+    CMMD,
+    CLIPRPrecision,
+    CLIPScore,
+    FrechetDistance,
+    InfoNCE,
+    MutualInformationDivergence,
+    RefCLIPScore,
+)
 from mid_metric.result import MIDResult
 
 __all__ = [
@@ -18,6 +27,8 @@ __all__ = [
     "RefCLIPScore",
     "CLIPRPrecision",
     "InfoNCE",
+    "FrechetDistance",
+    "CMMD",
     "MIDResult",
     "functional",
     "__version__",

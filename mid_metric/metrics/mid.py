@@ -20,6 +20,7 @@ from mid_metric.gaussian import GaussianReference, pointwise_mutual_information_
 from mid_metric.metrics._base import FeatureSpec, PairedFeatureMetric
 from mid_metric.metrics._batch_score import BatchScorer, ForwardMethod
 from mid_metric.metrics._loaded_reference import LoadedReference, PathLike, ReferenceFileMethods
+from mid_metric.metrics._mid_frechet import FrechetMethods
 from mid_metric.metrics._mid_plot import PlotMethod
 from mid_metric.metrics._mid_state import StateMethods, store_state
 from mid_metric.metrics._reference_fit import ReferenceFit
@@ -33,7 +34,9 @@ from mid_metric.sync import sync_state
 _BUFFER_ROWS, _JACKKNIFE_ROWS_PER_GROUP = 1024, 1024
 
 
-class MutualInformationDivergence(ForwardMethod, ReferenceFileMethods, PlotMethod, StateMethods, PairedFeatureMetric):
+class MutualInformationDivergence(
+    ForwardMethod, ReferenceFileMethods, PlotMethod, FrechetMethods, StateMethods, PairedFeatureMetric
+):
     r"""Mutual Information Divergence (Kim et al., NeurIPS 2022) with streaming float64 Gaussian statistics.
 
     Reference pairs ``(x, y)`` (real images and their captions) define a joint Gaussian; candidate pairs
