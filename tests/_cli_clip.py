@@ -53,11 +53,11 @@ def build_work(root: Path) -> dict:
     return {"root": root, "model": model, "real_rows": real_rows, "cand_rows": cand_rows}
 
 
-def load_extractor(work: dict):
-    """The feature extractor of the tiny model, on the CPU."""
+def load_extractor(work: dict, preprocess: str = "openai"):
+    """The feature extractor of the tiny model, on the CPU, with the command line's default preprocessing."""
     from mid_metric.features import load_clip
 
-    return load_clip(str(work["model"]), device="cpu")
+    return load_clip(str(work["model"]), device="cpu", preprocess=preprocess)
 
 
 def copy_images(work: dict, folder: Path) -> Path:

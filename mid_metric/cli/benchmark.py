@@ -27,6 +27,7 @@ from torch import Tensor
 
 from mid_metric._version import __version__
 from mid_metric.cli.correlate import correlation_table, result_fields
+from mid_metric.cli.encoding import encode_images, encode_texts
 from mid_metric.cli.messages import library_errors
 from mid_metric.cli.parser import CommandError
 from mid_metric.cli.session import (
@@ -37,12 +38,11 @@ from mid_metric.cli.session import (
     check_reference_count,
     check_reference_file,
     check_table_output,
-    encode_images,
-    encode_texts,
     input_files,
     load_reference,
     matches_recorded_model,
     new_metric,
+    preprocessing,
     print_report,
     recorded_identity,
     refuse_overwriting_inputs,
@@ -208,11 +208,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
     )
     caption_index = {caption: row for row, caption in enumerate(captions)}
     console.info(f"Encoding {len(captions)} distinct captions ...")
-    raw = encode_texts(captions, extractor, args.batch_size)
+    raw = encode_texts(captions, extractor, args)
     prefix = "" if args.no_prompt_prefix else PROMPT_PREFIX
-    prefixed = (
-        raw if not prefix else encode_texts([prefix + caption for caption in captions], extractor, args.batch_size)
-    )
+    prefixed = raw if not prefix else encode_texts([prefix + caption for caption in captions], extractor, args)
 
     image_index = {pair.image: row for row, pair in enumerate(images.pairs)}
     if metric is None:
@@ -259,7 +257,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         "removed_references": bench.removed_references,
         "skipped_nan_ratings": bench.skipped_nan,
         "model": extractor.name,
-        "preprocess": args.preprocess,
+        "preprocess": preprocessing(args),
         "device": str(args.device),
         "dtype": str(next(extractor.model.parameters()).dtype).replace("torch.", ""),
         "prompt_prefix": prefix,

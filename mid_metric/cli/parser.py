@@ -10,12 +10,15 @@ import torch
 
 from mid_metric._version import __version__
 from mid_metric.cli.values import (
+    MAX_AUTOMATIC_WORKERS,
+    automatic_workers,
     eps_value,
     integer,
     jackknife_groups,
     metric_names,
     non_negative_int,
     positive_int,
+    usable_cores,
 )
 
 PROG = "mid-metric"
@@ -96,12 +99,13 @@ _PAIRS_HELP = textwrap.fill(
 PREPROCESS_CHOICES = ("processor", "openai", "mid-t2i")
 
 
+#: The preprocessing of every command when ``--preprocess`` is not given: OpenAI CLIP's own, which the paper used,
+#: defined by this package alone (the processor's result depends on the transformers release and its backend).
+DEFAULT_PREPROCESS = "openai"
+
+
 def _add_common_options(
-    parser: argparse.ArgumentParser,
-    model_help: str,
-    eps_default: str,
-    columns: bool = True,
-    preprocess_default: str = "processor",
+    parser: argparse.ArgumentParser, model_help: str, eps_default: str, columns: bool = True
 ) -> None:
     group = parser.add_argument_group("features")
     group.add_argument("--model", metavar="MODEL", help=model_help)
@@ -115,12 +119,13 @@ def _add_common_options(
     group.add_argument(
         "--preprocess",
         choices=PREPROCESS_CHOICES,
-        default=preprocess_default,
-        help="how images are resized, cropped and normalised for CLIP: 'processor' (the model's Hugging Face image"
-        " processor), 'openai' (OpenAI CLIP's own pipeline, with which the paper's captioning numbers were computed:"
-        " bicubic resize of the short side, center crop, CLIP mean and std) or 'mid-t2i' (the MID paper's"
-        " text-to-image protocol: resize and crop to 256 first). Use the same for a reference and its candidates;"
-        " reference files do not record it",
+        default=None,
+        help=f"how images are resized, cropped and normalised for CLIP: 'openai' (the default since 0.4.0: OpenAI"
+        " CLIP's own pipeline, with which the paper's numbers were computed: bicubic resize of the short side,"
+        " center crop, CLIP mean and std), 'processor' (the model's Hugging Face image processor, the default of"
+        " mid-metric 0.3 and earlier) or 'mid-t2i' (the MID paper's text-to-image protocol: resize and crop to 256"
+        " first). Use the same for a reference and its candidates: reference files do not record it (default:"
+        f" {DEFAULT_PREPROCESS})",
     )
     group.add_argument(
         "--device",
@@ -134,9 +139,12 @@ def _add_common_options(
     group.add_argument(
         "--num-workers",
         type=non_negative_int,
-        default=0,
+        default=automatic_workers(usable_cores()),
         metavar="N",
-        help="worker processes that read and decode images (0: the main process)",
+        help="worker processes that decode and preprocess the images and tokenise the captions, at most one per"
+        " batch; 0: all in the main process, which then only runs the model. The results are the same for every"
+        f" N (default: automatic, the usable CPU cores less one, at most {MAX_AUTOMATIC_WORKERS}: %(default)s"
+        " here)",
     )
     group.add_argument(
         "--eps",
@@ -457,5 +465,4 @@ def _add_benchmark_command(commands: Any) -> None:
         " the model recorded in --reference",
         eps_default="the eps recorded in --reference, else 0",
         columns=False,
-        preprocess_default="openai",
     )

@@ -14,8 +14,10 @@ import torch
 from torch import Tensor
 
 from mid_metric import _checks
+from mid_metric._version import __version__
+from mid_metric.cli.encoding import encode_images, encode_texts
 from mid_metric.cli.messages import cli_wording
-from mid_metric.cli.parser import PROG, CommandError
+from mid_metric.cli.parser import DEFAULT_PREPROCESS, PROG, CommandError
 from mid_metric.features import is_local_model_identity, model_identity, same_model
 from mid_metric.io.atomic import STDOUT, OutputPathError, output_target
 from mid_metric.io.pairs import (
@@ -23,7 +25,6 @@ from mid_metric.io.pairs import (
     PairsError,
     PairsTable,
     is_features_file,
-    load_image,
     read_features,
     read_pairs,
 )
@@ -92,26 +93,6 @@ class Features:
         return int(self.images.shape[0])
 
 
-class _ImageDataset(torch.utils.data.Dataset):
-    """Decodes the images of a pairs table; errors are returned, not raised, so workers report them cleanly."""
-
-    def __init__(self, table: PairsTable) -> None:
-        self.table = table
-
-    def __len__(self) -> int:
-        return len(self.table.pairs)
-
-    def __getitem__(self, index: int) -> tuple[Any, Optional[str]]:
-        try:
-            return load_image(self.table.pairs[index], self.table.source), None
-        except PairsError as err:
-            return None, str(err)
-
-
-def _collate(batch: list[tuple[Any, Optional[str]]]) -> list[tuple[Any, Optional[str]]]:
-    return batch
-
-
 def read_source(path: str, args: argparse.Namespace, caption_column: str, caption_option: str) -> Any:
     """Read PAIRS: a features file as it is, or a table of image paths and captions (checked to exist)."""
     if is_features_file(path):
@@ -123,38 +104,6 @@ def check_images_exist(table: PairsTable, where: str = "row") -> None:
     """Fail with one line naming the file and row (``where``) of the first image that is missing or a link loop."""
     for pair in table.pairs:
         check_input_file(pair.image_path, f"{table.source}, {where} {pair.row}: image", PairsError)
-
-
-def encode_images(table: PairsTable, extractor: Any, args: argparse.Namespace, console: Console) -> Tensor:
-    """Encode the images of a pairs table through a DataLoader (``--num-workers``), with a progress bar."""
-    loader = torch.utils.data.DataLoader(
-        _ImageDataset(table),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        collate_fn=_collate,
-        shuffle=False,
-    )
-    image_chunks = []
-    bar = console.progress(len(table), f"Encoding images of {table.source.name}")
-    try:
-        for batch in loader:
-            errors = [error for _, error in batch if error is not None]
-            if errors:
-                raise PairsError(errors[0])
-            image_chunks.append(extractor.encode_images([image for image, _ in batch]).float().cpu())
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    return torch.cat(image_chunks)
-
-
-def encode_texts(captions: Sequence[str], extractor: Any, batch_size: int) -> Tensor:
-    """Encode captions, ``batch_size`` at a time, as float32 CPU features."""
-    chunks = [
-        extractor.encode_texts(list(captions[start : start + batch_size])).float().cpu()
-        for start in range(0, len(captions), batch_size)
-    ]
-    return torch.cat(chunks)
 
 
 class Session:
@@ -190,9 +139,9 @@ class Session:
                 )
             check_device(self.args.device)
             self.console.quiet_transformers()
-            preprocess = getattr(self.args, "preprocess", "processor")
-            shown = "" if preprocess == "processor" else f" (preprocessing: {preprocess})"
-            self.console.info(f"Loading {self.model} on {self.args.device}{shown} ...")
+            preprocess = preprocessing(self.args)
+            self.console.info(f"Loading {self.model} on {self.args.device} (preprocessing: {preprocess}) ...")
+            self._warn_older_reference()
             dtype = getattr(self.args, "dtype", None)
             self._extractor = load_clip(
                 self.model,
@@ -202,6 +151,29 @@ class Session:
                 preprocess=preprocess,
             )
         return self._extractor
+
+    def _warn_older_reference(self) -> None:
+        """Warn when images are encoded with the default preprocessing for a reference file of another default.
+
+        Reference files record no preprocessing, but they record the release that wrote them, and mid-metric 0.3
+        and earlier preprocessed with the model's image processor unless told otherwise. An explicit
+        ``--preprocess`` silences the warning, and so does a file built from precomputed features.
+        """
+        path = getattr(self.args, "reference", None)
+        if not path or getattr(self.args, "preprocess", None) is not None:
+            return
+        from mid_metric.io.reference_files import load_reference_statistics
+
+        metadata = load_reference_statistics(path)[1]
+        version = metadata.get("library_version", "")
+        recorded = default_preprocess_of(version)
+        if metadata.get("feature_extractor") and recorded != default_preprocess_of(__version__):
+            writer = f"mid-metric {version}" if version else "an older mid-metric"
+            self.console.warn(
+                f"{path} was written by {writer}, whose default preprocessing was {recorded!r}; this run uses"
+                f" {preprocessing(self.args)!r}, and reference files do not record it. Pass --preprocess {recorded}"
+                " if the reference was built with that default, or --preprocess to state the one it was built with."
+            )
 
     def features(self, source: Any) -> Features:
         """Return the features of a source: read from a features file, or encoded with the model."""
@@ -217,10 +189,43 @@ class Session:
         captions = [pair.caption for pair in source.pairs]
         unseen = [caption for caption in dict.fromkeys(captions) if caption not in self._texts]
         if unseen:
-            self._texts.update(zip(unseen, encode_texts(unseen, extractor, self.args.batch_size)))
+            self._texts.update(zip(unseen, encode_texts(unseen, extractor, self.args)))
         images = torch.stack([self._images[path] for path in paths])
         texts = torch.stack([self._texts[caption] for caption in captions])
         return Features(images, texts, source.source, source)
+
+
+#: The release whose commands preprocess with :data:`~mid_metric.cli.parser.DEFAULT_PREPROCESS` by default.
+NEW_DEFAULT_SINCE = (0, 4)
+
+
+def default_preprocess_of(version: str) -> str:
+    """The preprocessing that mid-metric ``version`` (a file's ``library_version``) used by default.
+
+    Example:
+        >>> default_preprocess_of("0.3.1"), default_preprocess_of("0.4.0")
+        ('processor', 'openai')
+    """
+    return "processor" if written_before(version, NEW_DEFAULT_SINCE) else DEFAULT_PREPROCESS
+
+
+def preprocessing(args: argparse.Namespace) -> str:
+    """The image preprocessing of the run: ``--preprocess``, else :data:`~mid_metric.cli.parser.DEFAULT_PREPROCESS`."""
+    return getattr(args, "preprocess", None) or DEFAULT_PREPROCESS
+
+
+def written_before(version: str, release: tuple[int, int]) -> bool:
+    """Whether a recorded ``library_version`` is older than ``release`` (an empty or unreadable one is).
+
+    Example:
+        >>> written_before("0.3.1", (0, 4)), written_before("0.4.0", (0, 4)), written_before("", (0, 4))
+        (True, False, True)
+    """
+    numbers = version.split(".")[:2]
+    try:
+        return tuple(int(number) for number in numbers) < release
+    except ValueError:
+        return True
 
 
 def check_reference_count(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from typing import Callable
 
 __all__ = [
@@ -15,6 +16,9 @@ __all__ = [
     "jackknife_groups",
     "eps_value",
     "metric_names",
+    "MAX_AUTOMATIC_WORKERS",
+    "usable_cores",
+    "automatic_workers",
 ]
 
 
@@ -88,3 +92,25 @@ def metric_names(text: str) -> tuple[str, ...]:
     if not names or unknown:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(METRIC_NAMES)}; got {text!r}")
     return tuple(name for name in METRIC_NAMES if name in names)
+
+
+#: The most worker processes that ``--num-workers`` gives by default.
+MAX_AUTOMATIC_WORKERS = 8
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it, else all of them)."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # macOS and Windows have no affinity call
+        return max(os.cpu_count() or 1, 1)
+
+
+def automatic_workers(cores: int) -> int:
+    """The default of ``--num-workers`` on ``cores`` usable cores: one less, for the main process, at most 8.
+
+    Example:
+        >>> [automatic_workers(cores) for cores in (1, 2, 4, 16, 64)]
+        [0, 1, 3, 8, 8]
+    """
+    return max(0, min(MAX_AUTOMATIC_WORKERS, cores - 1))

@@ -10,8 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from mid_metric.features.identity import is_local_model_identity, looks_like_local_path, model_identity
-from mid_metric.features.inputs import ImageBatch, check_texts, images_to_float_list, normalize_features
-from mid_metric.features.preprocess import check_preprocess, openai_pixels, text_to_image_pixels, to_pil_images
+from mid_metric.features.inputs import ImageBatch, check_texts, normalize_features
+from mid_metric.features.preprocess import PixelPipeline, check_preprocess, to_pil_images
 from mid_metric.features.protocol import _freeze, _pooled
 
 
@@ -24,6 +24,10 @@ class ClipFeatureExtractor(nn.Module):
     preprocessed batches follow. Captions are cut to the model's context window
     (``text_config.max_position_embeddings``) by the tokenizer's own truncation, which keeps the end-of-text token
     from which CLIP pools its text embedding; slicing token ids instead would silently change the embedding.
+
+    The two halves of each encoder are also offered apart, so that a data pipeline can run the first in its
+    workers: :attr:`pipeline` (8-bit PIL images to pixel values) then :meth:`encode_pixels`, and
+    :attr:`tokenizer` (captions to token ids) then :meth:`encode_tokens`. Both pickle without the model.
 
     Args:
         model: A model with ``get_image_features`` and ``get_text_features`` (``transformers.CLIPModel``).
@@ -87,6 +91,8 @@ class ClipFeatureExtractor(nn.Module):
         self.model = model
         self.processor = processor
         self.max_text_length = context
+        self.pipeline = PixelPipeline(self.preprocess, image_size, processor.image_processor)
+        self.tokenizer = CaptionTokenizer(processor.tokenizer, context)
         self.batch_size = batch_size
         self.name = name if name is not None else _default_name(model)
         projection = getattr(config, "projection_dim", None)
@@ -110,31 +116,47 @@ class ClipFeatureExtractor(nn.Module):
 
         Args:
             images: uint8 ``(N, 3, H, W)``, float ``(N, 3, H, W)`` in ``[0, 1]``, or a list of PIL images or
-                ``(3, H, W)`` tensors. They are resized, cropped and normalised by the extractor's ``preprocess``.
+                ``(3, H, W)`` tensors. They are brought to 8 bits
+                (:func:`~mid_metric.features.preprocess.to_pil_images`), then resized, cropped and normalised by the
+                extractor's ``preprocess`` (:attr:`pipeline`).
 
         Raises:
             TypeError: If the images are of an unsupported type or dtype.
             ValueError: If their shape is wrong or float values lie outside ``[0, 1]``.
         """
-        pictures = images_to_float_list(images) if self.preprocess == "processor" else to_pil_images(images)
+        pictures = to_pil_images(images)
+        chunks = [
+            self.encode_pixels(self.pipeline(pictures[start : start + self.batch_size]))
+            for start in range(0, len(pictures), self.batch_size)
+        ]
+        if not chunks:
+            return torch.empty(0, self.image_dim, device=self._model_device_dtype()[0])
+        return torch.cat(chunks)
+
+    def encode_pixels(self, pixel_values: Tensor) -> Tensor:
+        """Return L2-normalised float32 features ``(N, image_dim)`` of preprocessed images, on the model's device.
+
+        Args:
+            pixel_values: Float ``(N, 3, n, n)`` pixel values as :attr:`pipeline` gives them. A CPU tensor in pinned
+                memory is copied to a CUDA model without blocking.
+
+        Raises:
+            TypeError: If ``pixel_values`` is not a floating-point tensor.
+            ValueError: If it is not 4-D with 3 channels.
+        """
+        if not isinstance(pixel_values, Tensor) or not pixel_values.is_floating_point():
+            raise TypeError(f"`pixel_values` must be a float tensor (N, 3, n, n), got {_describe(pixel_values)}.")
+        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
+            raise ValueError(f"`pixel_values` must have shape (N, 3, n, n), got {tuple(pixel_values.shape)}.")
         device, dtype = self._model_device_dtype()
         chunks = []
-        for start in range(0, len(pictures), self.batch_size):
-            chunk = pictures[start : start + self.batch_size]
-            pixel_values = self._pixel_values(chunk).to(device=device, dtype=dtype)
+        for start in range(0, pixel_values.shape[0], self.batch_size):
+            chunk = pixel_values[start : start + self.batch_size].to(device=device, non_blocking=True).to(dtype)
             with torch.inference_mode():
-                chunks.append(_pooled(self.model.get_image_features(pixel_values=pixel_values), "image"))
+                chunks.append(_pooled(self.model.get_image_features(pixel_values=chunk), "image"))
         if not chunks:
             return torch.empty(0, self.image_dim, device=device)
         return normalize_features(torch.cat(chunks).clone(), "image features")
-
-    def _pixel_values(self, chunk: Any) -> Tensor:
-        """Pixel values of a chunk of images by the chosen preprocessing."""
-        if self.preprocess == "openai":
-            return openai_pixels(chunk, self.image_size)
-        if self.preprocess == "mid-t2i":
-            return text_to_image_pixels(chunk, self.image_size)
-        return self.processor.image_processor(images=chunk, do_rescale=False, return_tensors="pt")["pixel_values"]
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, Tensor]:
         """Tokenise captions as the model sees them: padded, and truncated to the context window by the tokenizer.
@@ -142,10 +164,7 @@ class ClipFeatureExtractor(nn.Module):
         Returns:
             The tokenizer's ``input_ids`` and ``attention_mask`` as CPU tensors.
         """
-        encoded = self.processor.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
-        )
-        return {key: encoded[key] for key in ("input_ids", "attention_mask") if key in encoded}
+        return self.tokenizer(texts)
 
     def encode_texts(self, texts: Sequence[str]) -> Tensor:
         """Return L2-normalised float32 features ``(N, text_dim)`` of captions, on the model's device.
@@ -154,21 +173,63 @@ class ClipFeatureExtractor(nn.Module):
             TypeError: If ``texts`` is not a list of strings.
         """
         captions = check_texts(texts)
-        device, _ = self._model_device_dtype()
-        chunks = []
-        for start in range(0, len(captions), self.batch_size):
-            tokens = self.tokenize(captions[start : start + self.batch_size])
-            tokens = {key: value.to(device) for key, value in tokens.items()}
-            with torch.inference_mode():
-                chunks.append(_pooled(self.model.get_text_features(**tokens), "text"))
+        chunks = [
+            self.encode_tokens(self.tokenize(captions[start : start + self.batch_size]))
+            for start in range(0, len(captions), self.batch_size)
+        ]
         if not chunks:
-            return torch.empty(0, self.text_dim, device=device)
-        return normalize_features(torch.cat(chunks).clone(), "text features")
+            return torch.empty(0, self.text_dim, device=self._model_device_dtype()[0])
+        return torch.cat(chunks)
+
+    def encode_tokens(self, tokens: dict[str, Tensor]) -> Tensor:
+        """Return L2-normalised float32 features ``(N, text_dim)`` of tokenised captions, on the model's device.
+
+        Args:
+            tokens: ``input_ids`` and ``attention_mask`` as :attr:`tokenizer` (or :meth:`tokenize`) gives them, all
+                in one batch; CPU tensors in pinned memory are copied to a CUDA model without blocking.
+
+        Raises:
+            ValueError: If ``input_ids`` is missing or not 2-D.
+        """
+        ids = tokens.get("input_ids") if isinstance(tokens, dict) else None
+        if not isinstance(ids, Tensor) or ids.ndim != 2:
+            raise ValueError("`tokens` must hold `input_ids` of shape (N, length), as `tokenize` returns them.")
+        device, _ = self._model_device_dtype()
+        moved = {key: value.to(device, non_blocking=True) for key, value in tokens.items()}
+        with torch.inference_mode():
+            features = _pooled(self.model.get_text_features(**moved), "text")
+        return normalize_features(features.clone(), "text features")
 
     def extra_repr(self) -> str:
         """Name and feature sizes, shown in ``repr``."""
         text = f"name={self.name!r}, image_dim={self.image_dim}, text_dim={self.text_dim}"
         return text if self.preprocess == "processor" else f"{text}, preprocess={self.preprocess!r}"
+
+
+class CaptionTokenizer:
+    """Captions to the token ids CLIP reads: padded, and truncated to the context window by the tokenizer itself.
+
+    It holds only the tokenizer, so DataLoader workers can run it as their collate function.
+
+    Args:
+        tokenizer: The model's Hugging Face tokenizer.
+        max_length: The context window (``text_config.max_position_embeddings``).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, Tensor]:
+        """``input_ids`` and ``attention_mask`` of ``texts`` as CPU tensors."""
+        encoded = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {key: encoded[key] for key in ("input_ids", "attention_mask") if key in encoded}
+
+
+def _describe(value: object) -> str:
+    return f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
 
 
 def _default_name(model: nn.Module) -> str:

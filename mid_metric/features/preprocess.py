@@ -5,7 +5,8 @@ two are close but not identical (the processor floors the crop offset where torc
 through its own array conversions), so the features differ in the last digits and, near the crop edge, by a pixel
 row. :data:`PREPROCESSING` names the pipelines a :class:`~mid_metric.features.ClipFeatureExtractor` can use:
 
-- ``"processor"``: the model's Hugging Face image processor (the default);
+- ``"processor"``: the model's Hugging Face image processor (the default of :func:`~mid_metric.features.load_clip`),
+  handed 8-bit RGB PIL images (its ``do_rescale`` divides by 255, as for the files it is usually given);
 - ``"openai"``: OpenAI CLIP's ``_transform(n_px)``, which the CLIPScore authors use too: a PIL **bicubic** resize of
   the short side to ``n_px`` (the long side becomes ``int(n_px * long / short)``), a center crop of ``n_px x n_px``
   whose offsets are ``int(round((side - n_px) / 2))``, conversion to RGB, ``/ 255`` in float32, then
@@ -22,11 +23,16 @@ takes 8-bit images: uint8 tensors are converted to PIL images exactly, float ten
 of :mod:`mid_metric.features.inputs` (``round(v / 257)`` for 16-bit data, ``round(255 v)`` for floats in ``[0, 1]``),
 never clipped. PIL images are then resized in their own mode (palette, RGBA, CMYK, ...) and converted to RGB after
 the crop, as OpenAI's code does; the command line hands its images over in the mode of their files for this reason.
+
+:class:`PixelPipeline` is the whole preprocessing of one extractor as a picklable callable from 8-bit PIL images to
+pixel values, which the command line runs in its DataLoader workers; :func:`openai_pixels`,
+:func:`text_to_image_pixels` and ``ClipFeatureExtractor.encode_images`` run the same code in the calling process.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -50,6 +56,7 @@ __all__ = [
     "to_pil_images",
     "openai_pixels",
     "text_to_image_pixels",
+    "PixelPipeline",
 ]
 
 #: The image pipelines a CLIP extractor can use (see the module docstring).
@@ -194,12 +201,18 @@ def openai_pixels(images: ImageBatch, size: int) -> Tensor:
         >>> tuple(pixels.shape), round(pixels[0, 0, 0, 0].item(), 4)   # (1 - 0.4815) / 0.2686
         ((1, 3, 24, 24), 1.9303)
     """
+    return _openai_batch(to_pil_images(images), size)
+
+
+def _openai_batch(pictures: Sequence[Any], size: int) -> Tensor:
+    """:func:`openai_pixels` of 8-bit PIL images."""
     from PIL import Image
 
-    pictures = [_to_unit_tensor(_resize_and_crop(image, size, Image.BICUBIC)) for image in to_pil_images(images)]
     if not pictures:
         return torch.empty(0, 3, size, size)
-    return _normalise(torch.stack(pictures))
+    return _normalise(
+        torch.stack([_to_unit_tensor(_resize_and_crop(image, size, Image.BICUBIC)) for image in pictures])
+    )
 
 
 def text_to_image_pixels(images: ImageBatch, size: int) -> Tensor:
@@ -221,15 +234,67 @@ def text_to_image_pixels(images: ImageBatch, size: int) -> Tensor:
         >>> tuple(text_to_image_pixels([Image.new("RGB", (300, 260))], size=32).shape)
         (1, 3, 32, 32)
     """
+    return _text_to_image_batch(to_pil_images(images), size)
+
+
+def _text_to_image_batch(pictures: Sequence[Any], size: int) -> Tensor:
+    """:func:`text_to_image_pixels` of 8-bit PIL images."""
     from PIL import Image
 
-    side = TEXT_TO_IMAGE_SIDE
-    pictures = [_to_unit_tensor(_resize_and_crop(image, side, Image.BILINEAR)) for image in to_pil_images(images)]
     if not pictures:
         return torch.empty(0, 3, size, size)
-    batch = torch.stack(pictures)
+    side = TEXT_TO_IMAGE_SIDE
+    batch = torch.stack([_to_unit_tensor(_resize_and_crop(image, side, Image.BILINEAR)) for image in pictures])
     if size != side:
         batch = torch.nn.functional.interpolate(
             batch, size=(size, size), mode="bilinear", align_corners=False, antialias=False
         )
     return _normalise(batch)
+
+
+class PixelPipeline:
+    """The whole preprocessing of one extractor: 8-bit PIL images in, float32 pixel values ``(N, 3, n, n)`` out.
+
+    It holds only what the preprocessing needs (the choice, the model's input size, the image processor), not the
+    model, so DataLoader workers can run it (it pickles for spawned workers too). Its input is what
+    :func:`to_pil_images` or :func:`~mid_metric.features.inputs.eight_bit_image` gives: PIL images with 8-bit
+    samples, in any mode. The ``"processor"`` choice hands them to the image processor as RGB PIL images, so it
+    never converts whole images to float and back; its fast (torchvision) backend is used wherever transformers
+    picks it.
+
+    Args:
+        preprocess: One of :data:`PREPROCESSING`.
+        size: The model's input side ``n_px`` (``vision_config.image_size``); needed by ``"openai"`` and
+            ``"mid-t2i"``.
+        image_processor: The model's Hugging Face image processor; needed by ``"processor"``.
+
+    Raises:
+        ValueError: If ``preprocess`` is unknown, or what it needs is missing.
+
+    Example:
+        >>> from PIL import Image
+        >>> pipeline = PixelPipeline("openai", size=24)
+        >>> tuple(pipeline([Image.new("RGB", (40, 30)), Image.new("L", (30, 50))]).shape)
+        (2, 3, 24, 24)
+    """
+
+    def __init__(self, preprocess: str, size: Optional[int] = None, image_processor: Any = None) -> None:
+        self.preprocess = check_preprocess(preprocess)
+        if preprocess == "processor" and image_processor is None:
+            raise ValueError("`preprocess='processor'` needs the model's `image_processor`.")
+        if preprocess != "processor" and not (isinstance(size, int) and size > 0):
+            raise ValueError(f"`preprocess={preprocess!r}` needs the model's input size `size`, got {size!r}.")
+        self.size = size
+        self.image_processor = image_processor
+
+    def __call__(self, pictures: Sequence[Any]) -> Tensor:
+        """Pixel values of a list of 8-bit PIL images, by the chosen preprocessing."""
+        if self.preprocess == "openai":
+            return _openai_batch(pictures, self.size)  # type: ignore[arg-type]
+        if self.preprocess == "mid-t2i":
+            return _text_to_image_batch(pictures, self.size)  # type: ignore[arg-type]
+        rgb = [picture.convert("RGB") for picture in pictures]
+        return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+
+    def __repr__(self) -> str:
+        return f"PixelPipeline({self.preprocess!r}, size={self.size!r})"
