@@ -182,6 +182,7 @@ class ReferenceFileMethods:
 
         Example:
             >>> import os, tempfile
+            >>> from mid_metric import MutualInformationDivergence
             >>> x, y = torch.randn(100, 2), torch.randn(100, 2)
             >>> mid = MutualInformationDivergence(feature=2)
             >>> mid.update(x, y, real=True)

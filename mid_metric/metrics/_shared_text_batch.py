@@ -30,10 +30,10 @@ def shared_text_batch(
         >>> from mid_metric import MutualInformationDivergence
         >>> metric = MutualInformationDivergence(feature=(2, 3))
         >>> x, y = torch.zeros(4, 2), torch.zeros(5, 3)
-        >>> shared_text_batch(metric, x, y, x)
+        >>> shared_text_batch(metric, x, y, x)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: `real_images` and `captions` must have the same number of rows, got 4 and 5.
+        ValueError: `real_images` and `captions` must ... 4 and 5 ...
     """
     extractor = metric.feature_extractor
     if extractor is not None and not are_features(real_images, captions):

@@ -333,6 +333,7 @@ class MutualInformationDivergence(
         Reference pairs loaded from files count as reference pairs. Reading it changes nothing.
 
         Example:
+            >>> import torch
             >>> metric = MutualInformationDivergence(feature=2)
             >>> metric.update(torch.randn(5, 2), torch.randn(5, 2), real=True)
             >>> metric.num_pairs
