@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,7 +18,9 @@ from mid_metric import InfoNCE
 
 pytestmark = pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")
 
-CASES = infonce_cases()
+# float32 products: the documented agreement with the float64 formula is a relative 1e-6
+REL = 1e-6
+CASES = {name: replace(case, rel=REL) for name, case in infonce_cases().items()}
 D = 8
 
 
@@ -39,7 +42,7 @@ def test_per_sample_is_each_pairs_matching_probability_in_order(pairs, temperatu
     metric.update(images[100:], texts[100:])
     values = metric.per_sample()
     assert values.dtype == torch.float64 and values.shape == (160,)
-    torch.testing.assert_close(values, naive_infonce_per_pair(images, texts, temperature), rtol=1e-10, atol=0)
+    torch.testing.assert_close(values, naive_infonce_per_pair(images, texts, temperature), rtol=REL, atol=0)
     merged, other = InfoNCE(feature=D, temperature=temperature), InfoNCE(feature=D, temperature=temperature)
     merged.update(images[100:], texts[100:])
     other.update(images[:100], texts[:100])
@@ -109,9 +112,7 @@ def test_validate_args_false_skips_the_checks_but_not_the_cap(pairs):
     metric.update(images[:100], texts[:100])
     with pytest.raises(ValueError, match="max_samples"):
         metric.update(images[100:], texts[100:])
-    torch.testing.assert_close(
-        metric.per_sample(), naive_infonce_per_pair(images[:100], texts[:100]), rtol=1e-10, atol=0
-    )
+    torch.testing.assert_close(metric.per_sample(), naive_infonce_per_pair(images[:100], texts[:100]), rtol=REL, atol=0)
 
 
 # --------------------------------------------------------------------------------------------- memory

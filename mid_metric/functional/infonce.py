@@ -35,12 +35,15 @@ from mid_metric._checks import (
     check_pairs,
     check_temperature,
 )
-from mid_metric.functional._similarity import score_blocks, stored_scoring_rows
+from mid_metric.functional._similarity import ScoreBlock, score_blocks, stored_scoring_rows
 
 __all__ = ["infonce", "infonce_bound", "infonce_log_probabilities", "check_infonce_temperature"]
 
 #: The smallest temperature accepted: the smallest normal float64 number.
 SMALLEST_TEMPERATURE = sys.float_info.min
+#: Below a temperature of ``2 / log M`` one caption may carry much of a row's softmax weight (``e^(2 / tau) > M``):
+#: the row's ``HEAVY_CAPTIONS`` highest float32 scores are then recomputed in float64 too.
+HEAVY_CAPTIONS = 16
 
 
 def check_infonce_temperature(temperature: object) -> float:
@@ -79,17 +82,43 @@ def infonce_log_probabilities(
         [0.7310585786300049, 0.7310585786300049]
     """
     parts = []
-    for scores, matching in score_blocks(images, texts, texts_are_unit=texts_are_unit):
-        # log-sum-exp in place in the block: the row maximum is subtracted first, so the scaled scores are <= 0
-        # (exactly 0 at the maximum, so the sum is >= 1) and cannot overflow, whatever the temperature.
+    for block in score_blocks(images, texts, texts_are_unit=texts_are_unit):
+        scores = block.float64_scores()
+        rows, columns, exact = _exact_entries(block, temperature)
+        scores[rows, columns] = exact
+        local = torch.arange(scores.shape[0], device=scores.device)
+        scores[local, local + block.start] = block.matching
+        # log-sum-exp in place in the block, in float64: the row maximum is subtracted first, so the scaled scores
+        # are <= 0 (exactly 0 at the maximum, so the sum is >= 1) and cannot overflow, whatever the temperature.
         top = scores.amax(dim=1, keepdim=True)
         scores.sub_(top)
-        matching = matching - top.squeeze(1)
+        matching = block.matching - top.squeeze(1)
         if temperature != 1.0:
             scores.div_(temperature)
             matching = matching / temperature
         parts.append(matching - scores.exp_().sum(dim=1).log())
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=images.device)
+
+
+def _exact_entries(block: ScoreBlock, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The block's entries to take in float64: ``(rows, columns, scores)``.
+
+    They are every entry that may be its row's largest score (the others are more than the float32 error below
+    it), so that the row maximum is exact and a tiny temperature gives the exact limit; and, at a temperature below
+    ``2 / log M``, each row's :data:`HEAVY_CAPTIONS` highest scores, which may carry most of its weight.
+    """
+    rows, columns, exact = block.exact_where(block.scores.amax(dim=1).double() - block.error)
+    count = block.scores.shape[1]
+    if block.error == 0 or count < 2 or 2 / temperature <= math.log(count):
+        return rows, columns, exact
+    heavy = block.scores.topk(min(HEAVY_CAPTIONS, count), dim=1).indices
+    heavy_rows = torch.arange(heavy.shape[0], device=heavy.device).repeat_interleave(heavy.shape[1])
+    heavy_columns = heavy.flatten()
+    return (
+        torch.cat([rows, heavy_rows]),
+        torch.cat([columns, heavy_columns]),
+        torch.cat([exact, block.exact_scores(heavy_rows, heavy_columns)]),
+    )
 
 
 def _checked(images: object, texts: object, temperature: object) -> tuple[Tensor, Tensor, float]:

@@ -82,14 +82,13 @@ def r_precision_values(
     count = images.shape[0]
     steps = torch.arange(num_negatives, dtype=torch.float64, device=images.device)
     parts = []
-    for scores, matching in score_blocks(images, texts, texts_are_unit=texts_are_unit):
-        # In place in the block: s - t <= 0 exactly when s <= t (a difference of doubles is 0 only when they are
-        # equal), and le_/lt_ leave 1.0 where true.
+    for block in score_blocks(images, texts, texts_are_unit=texts_are_unit):
+        # The counts are those of the float64 scores: entries near the threshold are recomputed in float64.
         if negatives == "replacement":
-            at_most = scores.sub_((matching + TIE_TOLERANCE).unsqueeze(1)).le_(0.0).sum(dim=1)
+            at_most = block.count_below(block.matching + TIE_TOLERANCE, inclusive=True).double()
             parts.append((at_most / count) ** num_negatives)
         else:
-            below = scores.sub_((matching - TIE_TOLERANCE).unsqueeze(1)).lt_(0.0).sum(dim=1)
+            below = block.count_below(block.matching - TIE_TOLERANCE, inclusive=False).double()
             # C(b, n) / C(M - 1, n) as the product of (b - i) / (M - 1 - i), i < n: 0 once b < n.
             ratios = ((below.unsqueeze(1) - steps) / (count - 1 - steps)).clamp(min=0.0)
             parts.append(ratios.prod(dim=1))
