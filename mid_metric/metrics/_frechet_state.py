@@ -2,10 +2,11 @@
 
 The metric registers one state per group of images with torchmetrics: ``real_moments`` and ``generated_moments``,
 packed float64 moments of the image features (:mod:`mid_metric.moments`), or ``K`` packed states each (``(K, P)``)
-with the jackknife. The stores (:mod:`mid_metric.store`, the real images' in the reference store and the generated
-images' in the candidate store) hold those tensors; the properties here give torchmetrics the attributes under those
-names. Next to them, ``state_dict()`` saves the stores' host state (batch counts and staged rows) as the module's
-extra state, and the statistics of loaded reference files as ``loaded_real_moments``.
+with the jackknife (whose rows also hold a caption tag column with ``jackknife_key="text"``). The stores
+(:mod:`mid_metric.store`, the real images' in the reference store and the generated images' in the candidate store)
+hold those tensors; the properties here give torchmetrics the attributes under those names. Next to them,
+``state_dict()`` saves the stores' host state (batch counts and staged rows) as the module's extra state, and the
+statistics of loaded reference files as ``loaded_real_moments``.
 
 A ``load_state_dict`` or ``merge_state`` checks every incoming state before it assigns any, so one that raises leaves
 the metric as it was: a missing or (with ``strict=True``) unexpected key, a state of another feature size or of the
@@ -54,6 +55,7 @@ class FrechetStateMethods:
     image_dim: int
     bias_correction: Union[bool, str]
     jackknife_groups: int
+    jackknife_key: str
     reset_real_features: bool
     uses_jackknife: bool
     _stores: PairedStores
@@ -77,6 +79,7 @@ class FrechetStateMethods:
             **super()._sync_settings(),  # type: ignore[misc]
             "bias_correction": self.bias_correction,
             "jackknife_groups": self.jackknife_groups if self.uses_jackknife else None,
+            "jackknife_key": self.jackknife_key if self.uses_jackknife else None,
         }
 
     def sync(self, *args: Any, **kwargs: Any) -> None:

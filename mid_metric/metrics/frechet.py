@@ -2,6 +2,7 @@ r"""The ``FrechetDistance`` metric for torchmetrics: FD between real and generat
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -10,8 +11,15 @@ from torch import Tensor
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from mid_metric import jackknife
-from mid_metric._checks import check_bool, check_features, check_level, check_positive_int
-from mid_metric.features import count_images
+from mid_metric._checks import (
+    check_bool,
+    check_choice,
+    check_features,
+    check_level,
+    check_positive_int,
+    check_same_batch,
+)
+from mid_metric.features import check_texts, count_images
 from mid_metric.functional.frechet_moments import (
     FrechetResult,
     check_fd_bias_correction,
@@ -27,6 +35,11 @@ from mid_metric.sync import sync_state
 
 # Staging buffer: rows per group, as MID's (and per jackknife group with bias_correction="jackknife").
 _BUFFER_ROWS = 1024
+#: What decides an image's jackknife group: its own features, or the caption it was paired with.
+JACKKNIFE_KEYS = ("image", "text")
+# A caption's tag (the store's one "text" column with jackknife_key="text"): its hash modulo 2^20, exact in float64
+# and distinct in the 32 leading bits that the row hash reads (mid_metric.jackknife.row_hashes).
+_TAG_MODULUS = 2**20
 
 __all__ = ["FrechetDistance"]
 
@@ -60,10 +73,11 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
     order nor the number of processes, and a duplicated image stays in one group), each group keeps its own
     moments, and the FDs with each group left out of both sets are combined by the delete-a-group jackknife
     (:func:`mid_metric.functional.frechet_moments.jackknife_frechet_distance`), which also gives
-    :meth:`compute_with_ci` a standard error and an interval. It treats the two sets as independent samples; for
-    generated images paired with real ones by caption, use :meth:`MutualInformationDivergence.frechet_distance
-    <mid_metric.MutualInformationDivergence.frechet_distance>` with MID's jackknife, which groups the pairs by
-    caption. ``docs/quality_metrics.md`` has the measurements.
+    :meth:`compute_with_ci` a standard error and an interval. Hashing the images treats the two sets as independent
+    samples. When each generated image was made from the caption of a real image (the text-to-image protocol on
+    paired sets), the two are correlated pair by pair, the plug-in bias is smaller, and image groups over-correct
+    it (by -32% in ``docs/quality_metrics.md``); pass the captions (or their features) as ``texts`` and set
+    ``jackknife_key="text"``, which puts a real image and the images made from its caption in one group.
 
     Args:
         feature: Feature size (an int, or ``(image_dim, text_dim)``), or a feature extractor as for MID: a Hugging
@@ -72,6 +86,10 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
         bias_correction: ``False`` (the plug-in value, as pytorch-fid, clean-fid and torchmetrics) or
             ``"jackknife"``.
         jackknife_groups: The number of groups ``K`` of the jackknife (2 to 1000); it keeps ``K`` states per group.
+        jackknife_key: What decides an image's jackknife group: a hash of its ``"image"`` features (the default,
+            for independent sets; ``texts`` may be ``None``), or of the ``"text"`` it comes with (captions or caption
+            features, in every ``update``), for generated images paired with real ones by caption. Only a one-column
+            hash of the caption is kept, next to the image features.
         reset_real_features: If ``False``, :meth:`reset` keeps the real images' statistics (and loaded files), so
             one reference scores many generated sets.
         reference: A MID reference statistics file (``MutualInformationDivergence.save_reference``), loaded as the
@@ -109,6 +127,7 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
         feature: FeatureSpec = 768,
         bias_correction: Union[bool, str] = False,
         jackknife_groups: int = jackknife.DEFAULT_GROUPS,
+        jackknife_key: str = "image",
         reset_real_features: bool = True,
         reference: Optional[PathLike] = None,
         check_feature_extractor: bool = True,
@@ -120,15 +139,17 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
             kwargs["dist_sync_fn"] = sync_state  # all-reduce of the packed moments, as MID's
         self.bias_correction = check_fd_bias_correction(bias_correction)
         self.jackknife_groups = jackknife.check_num_groups(jackknife_groups, "jackknife_groups")
+        self.jackknife_key = check_choice(jackknife_key, "jackknife_key", JACKKNIFE_KEYS)
         if buffer_rows is None:
             buffer_rows = _BUFFER_ROWS * (self.jackknife_groups if self.uses_jackknife else 1)
         self.buffer_rows = check_positive_int(buffer_rows, "buffer_rows")
         self.reset_real_features = check_bool(reset_real_features, "reset_real_features")
         self.check_feature_extractor = check_bool(check_feature_extractor, "check_feature_extractor")
         super().__init__(feature, validate_args, **kwargs)
-        sizes = (self.image_dim, self.image_dim, self.buffer_rows)
-        if self.uses_jackknife:  # the image rows decide the groups (the "text" columns are empty here)
-            stores = [JackknifeStore(*sizes, self.jackknife_groups, "image") for _ in range(2)]
+        sizes = (self.image_dim + self.groups_by_text, self.image_dim, self.buffer_rows)
+        if self.uses_jackknife:  # the image rows decide the groups, or the one "text" column of caption tags
+            key = "text" if self.groups_by_text else "image"
+            stores = [JackknifeStore(*sizes, self.jackknife_groups, key) for _ in range(2)]
         else:
             stores = [MomentStore(*sizes) for _ in range(2)]
         self._stores = PairedStores(*stores)
@@ -144,6 +165,11 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
         """Whether ``bias_correction="jackknife"``: each group then keeps ``jackknife_groups`` states."""
         return self.bias_correction == "jackknife"
 
+    @property
+    def groups_by_text(self) -> bool:
+        """Whether the jackknife groups the images by their captions (its stores then keep a caption tag column)."""
+        return self.uses_jackknife and self.jackknife_key == "text"
+
     # ------------------------------------------------------------------------------------------- inputs
     def _image_features(self, images: Any) -> Tensor:
         """Checked image features (raw images are encoded first; the texts never are)."""
@@ -155,22 +181,45 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
         return check_features(images, "images", self.image_dim, check_finite=self.validate_args)
 
     def update(self, images: Any, texts: Any = None, real: bool = False) -> None:
-        """Add a batch of real (``real=True``) or generated image features; ``texts`` is ignored.
+        """Add a batch of real (``real=True``) or generated images; ``texts`` only decide jackknife groups by caption.
 
         Args:
             images: Image features ``(B, D)`` of any floating dtype, or raw images when the metric holds a model (a
                 uint8 tensor ``(B, 3, H, W)``, a float one in ``[0, 1]``, or a list of PIL images).
-            texts: Ignored (the captions that the alignment metrics of a ``MetricCollection`` take); may be ``None``.
+            texts: The captions that the alignment metrics of a ``MetricCollection`` take (a list of strings, or text
+                features ``(B, text_dim)``): ignored, and may be ``None``, except with ``jackknife_key="text"``, where
+                they decide the jackknife group of each image.
             real: ``True`` for real images, ``False`` for generated ones. An empty batch changes nothing.
 
         Raises:
-            TypeError: If ``real`` is not a bool or the features are not a floating tensor.
-            ValueError: If the shape is wrong or a value is NaN, Inf or above the magnitude bound.
+            TypeError: If ``real`` is not a bool, the features are not a floating tensor, or (``jackknife_key="text"``)
+                the texts are neither captions nor features.
+            ValueError: If a shape is wrong, a value is NaN, Inf or above the magnitude bound, or
+                (``jackknife_key="text"``) the texts are missing or their number differs from the images'.
         """
         real = check_bool(real, "real")
         features = self._image_features(images)
+        tags = self._caption_tags(texts, features)
         if features.shape[0] > 0:
-            self._stores.add(real, features, features.new_empty(features.shape[0], 0))
+            self._stores.add(real, features, tags)
+
+    def _caption_tags(self, texts: Any, features: Tensor) -> Tensor:
+        """The rows' "text" columns: none, or with ``jackknife_key="text"`` one float64 hash of each caption."""
+        count = features.shape[0]
+        if not self.groups_by_text:
+            return features.new_empty(count, 0)
+        if texts is None:
+            raise ValueError(
+                "FrechetDistance(jackknife_key='text') groups the images by their captions: pass the captions (or"
+                " their features) as `texts` with every batch."
+            )
+        if isinstance(texts, Tensor):
+            texts = check_features(texts, "texts", self.text_dim, check_finite=self.validate_args)
+            check_same_batch(features, texts, "images", "texts")
+            hashes = jackknife.row_hashes(texts).cpu()
+        else:
+            hashes = torch.tensor([_caption_hash(caption) for caption in check_texts(texts, expected=count)])
+        return (hashes % _TAG_MODULUS).to(dtype=torch.float64, device=self.device).unsqueeze(1)
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         """Add a batch, like :meth:`update`, and return ``None``: a batch holds one group, which has no FD alone."""
@@ -233,7 +282,7 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
         self._check_device()
         self._stores.flush()
         if self.uses_jackknife:
-            groups = (self._stores.reference.state, self._stores.candidate.state)
+            groups = (leading_block(store.state, self.image_dim) for store in self._stores)
             self._last = jackknife_frechet_distance(*groups, level=None)
             return self._last.value
         real, generated = self._real_statistics(), self._stores.candidate.moments()
@@ -287,3 +336,8 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
             ModuleNotFoundError: If matplotlib is not installed.
         """
         return self._plot(val, ax)
+
+
+def _caption_hash(caption: str) -> int:
+    """A hash of a caption's UTF-8 text, the same in every process (Python's ``hash`` of a str is not)."""
+    return int.from_bytes(hashlib.blake2b(caption.encode("utf-8"), digest_size=8).digest(), "little") >> 1
