@@ -61,7 +61,9 @@ def divergence_from_moments(
         candidate_packed: Packed moments of the candidate pairs ``[x_hat; y_hat]``.
         bias_correction: Return the Gaussian bias-corrected estimator (:func:`mid_metric.wishart.corrected_terms`;
             the reference must be fitted with ``eps = 0`` from more than ``Dx + Dy + 2`` pairs) instead of the
-            paper's. The jackknife needs the rows in groups: see :func:`jackknife_divergence`.
+            paper's. The jackknife needs the rows in groups: see :func:`jackknife_divergence`. ``True`` assumes
+            candidates independent of the reference rows, or reusing them as they are; candidates derived from
+            the reference's images (``x + noise``) make it over-correct (docs/bias_correction.md, section 3c).
         precisions: The reference's precision matrices (:func:`mid_metric.gaussian.reference_precisions`), when a
             caller that scores many candidate sets against one reference keeps them; the traces then need no
             factorisation.

@@ -84,7 +84,10 @@ class MutualInformationDivergence(
             on top of it (:mod:`mid_metric.jackknife`), which removes the remaining ``1/N`` bias of non-Gaussian
             features and gives :meth:`compute_with_ci` a distribution-free standard error; it keeps
             ``jackknife_groups`` states per group instead of one (``K`` times the memory and sync traffic), each
-            row accumulated once, and cannot use reference files. Both corrections need ``eps = 0``.
+            row accumulated once, and cannot use reference files. Both corrections need ``eps = 0``. ``True``
+            assumes candidates independent of the reference rows, or reusing them as they are: candidates derived
+            from the reference's images (``x + noise``: edits, reconstructions) make it over-correct; use
+            ``"jackknife"`` keyed on the block they keep, or a reference of other rows (docs/bias_correction.md).
         jackknife_groups: The number of groups ``K`` of the jackknife (2 to 1000).
         jackknife_key: What decides a row's jackknife group: a hash of its ``"text"`` features (the default, for
             candidates generated from the reference's captions), its ``"image"`` features (captioning, where the
