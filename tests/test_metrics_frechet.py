@@ -22,7 +22,9 @@ from _ddp import ddp_marks
 from _tester import MetricCase, check_all_in_process, check_ddp
 from reference_impl import ClipLikeDistribution
 from scipy import linalg
+from torch import nn
 from torchmetrics import MetricCollection
+from torchmetrics.image.fid import FrechetInceptionDistance
 
 from mid_metric import CMMD, FrechetDistance, MutualInformationDivergence
 from mid_metric.functional import frechet_distance
@@ -140,6 +142,39 @@ def test_agrees_with_pytorch_fid_formula(sets):
     real, generated = sets
     value = float(feed(FrechetDistance(feature=D), real, generated, batch=20).compute())
     assert math.isclose(value, pytorch_fid(real, generated), rel_tol=1e-6)
+
+
+class LookupFeatures(nn.Module):
+    """A feature extractor for torchmetrics' FID: "images" are row indices into a fixed feature table."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("table", table)
+        self.num_features = table.shape[1]
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.table[indices]
+
+
+def test_agrees_with_torchmetrics_fid_given_the_same_features(sets):
+    real, generated = sets
+    fid = FrechetInceptionDistance(feature=LookupFeatures(torch.cat([real, generated])))
+    fid.update(torch.arange(real.shape[0]), real=True)
+    fid.update(torch.arange(real.shape[0], real.shape[0] + generated.shape[0]), real=False)
+    value = float(feed(FrechetDistance(feature=D), real, generated, batch=16).compute())
+    assert math.isclose(value, float(fid.compute()), rel_tol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("bias_correction", [False, "jackknife"])
+def test_runs_on_the_state_device(sets, bias_correction):
+    real, generated = sets
+    on_cpu = feed(FrechetDistance(feature=D, bias_correction=bias_correction), real, generated, batch=16)
+    on_gpu = FrechetDistance(feature=D, bias_correction=bias_correction).cuda()
+    feed(on_gpu, real.cuda(), generated, batch=16)  # CPU features are moved to the state's device
+    value = on_gpu.compute()
+    assert value.device.type == "cuda" and value.dtype == F64
+    assert math.isclose(float(value), float(on_cpu.compute()), rel_tol=1e-9)
 
 
 def _cases(real: torch.Tensor, generated: torch.Tensor) -> list[MetricCase]:
