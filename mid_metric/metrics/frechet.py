@@ -146,7 +146,7 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
         self.reset_real_features = check_bool(reset_real_features, "reset_real_features")
         self.check_feature_extractor = check_bool(check_feature_extractor, "check_feature_extractor")
         super().__init__(feature, validate_args, **kwargs)
-        sizes = (self.image_dim + self.groups_by_text, self.image_dim, self.buffer_rows)
+        sizes = (self.image_dim + int(self.groups_by_text), self.image_dim, self.buffer_rows)
         if self.uses_jackknife:  # the image rows decide the groups, or the one "text" column of caption tags
             key = "text" if self.groups_by_text else "image"
             stores = [JackknifeStore(*sizes, self.jackknife_groups, key) for _ in range(2)]
