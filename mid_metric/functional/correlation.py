@@ -28,8 +28,8 @@ __all__ = ["VARIANTS", "KendallResult", "require_scipy", "kendall_tau", "bootstr
 VARIANTS = ("b", "c")
 
 _SCIPY_HINT = (
-    "Kendall's tau needs scipy, which is not installed. Install the `benchmark` extra from the mid-metric source"
-    ' folder with `pip install ".[benchmark]"` (or `pip install scipy`).'
+    "Kendall's tau needs scipy, a dependency of mid-metric that is missing here: reinstall mid-metric"
+    " (`pip install .` from its source folder) or `pip install scipy`."
 )
 
 
