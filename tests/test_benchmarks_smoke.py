@@ -98,3 +98,17 @@ def test_statistical_checks_pass_in_full() -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     for check in ("unbiased", "mi-bias", "shared-rows", "coverage"):
         assert f"[PASS] {check}:" in done.stdout, check
+
+
+def test_frechet_bias_benchmark_tiny(tmp_path: Path) -> None:
+    figure = tmp_path / "frechet.png"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "frechet_bias.py"), "--tiny", "--figure", str(figure)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert figure.stat().st_size > 0
+    assert "plug-in" in done.stdout and "jackknife" in done.stdout
