@@ -77,7 +77,7 @@ def eps_value(text: str) -> float:
 
 
 #: The metrics ``score --metrics`` can compute, in the order they are reported.
-METRIC_NAMES = ("mid", "clip-score", "r-precision", "infonce")
+METRIC_NAMES = ("mid", "clip-score", "r-precision", "infonce", "fd", "cmmd")
 
 
 def metric_names(text: str) -> tuple[str, ...]:
