@@ -59,11 +59,12 @@ def unit_rows(features: Tensor) -> Tensor:
 
 
 def stored_rows(features: Tensor) -> Tensor:
-    """Return the rows as CLIP-R-Precision and InfoNCE store them: scaled by a power of two, rounded to float32.
+    """Return the rows as CLIP-R-Precision and InfoNCE store them: in float32, with the direction of every row kept.
 
-    Each row is multiplied by the power of two that brings its largest magnitude into ``[0.5, 1)``. That product
-    is exact, so float16, bfloat16 and float32 rows are kept exactly (up to their scale, which no cosine sees), and
-    float64 rows of any scale are rounded to float32 without underflowing to zero or overflowing.
+    Float16, bfloat16 and float32 rows are kept exactly, as float32 (the tensor itself when it is float32). Float64
+    rows are first multiplied by the power of two that brings their largest magnitude into ``[0.5, 1)``, an exact
+    product, so that rows of any scale are rounded to float32 without underflowing to zero or overflowing. No cosine
+    sees the scale of a row: :func:`unit_rows` of a row and of the row times a power of two are the same.
 
     Example:
         >>> tiny = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64) * 2.0**-700   # norms 5e-211 and 0
@@ -71,7 +72,9 @@ def stored_rows(features: Tensor) -> Tensor:
         tensor([[0.3750, 0.5000],
                 [0.0000, 0.0000]])
     """
-    rows = features.to(torch.float64, copy=True)
+    if features.dtype != torch.float64:
+        return features.to(torch.float32)  # exact: float16 and bfloat16 values are float32 values
+    rows = features.clone()
     _, exponent = torch.frexp(torch.linalg.vector_norm(rows, ord=math.inf, dim=1, keepdim=True))
     # Two steps, each by at most 2^538, so that the power of two itself stays finite (-exponent reaches 1073).
     half = torch.div(-exponent, 2, rounding_mode="floor")
@@ -162,6 +165,11 @@ def float32_products_are_ieee(device: torch.device) -> bool:
     return all(setting in ("none", "ieee") for setting in settings)
 
 
+def _row_dots(first: Tensor, second: Tensor) -> Tensor:
+    """``<first_i, second_i>`` for contiguous float64 ``(P, D)`` rows: one product, one sum per row, always alike."""
+    return torch.mul(first, second).sum(dim=1)
+
+
 def exact_pair_scores(images: Tensor, captions: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
     """``<images[rows[i]], captions[columns[i]]>`` in float64 for each ``i`` (unit float64 rows in, ``(P,)`` out).
 
@@ -175,9 +183,8 @@ def exact_pair_scores(images: Tensor, captions: Tensor, rows: Tensor, columns: T
     out = torch.empty(rows.shape[0], dtype=torch.float64, device=images.device)
     for start in range(0, rows.shape[0], PAIR_CHUNK):
         stop = start + PAIR_CHUNK
-        products = images.index_select(0, rows[start:stop])
-        products.mul_(captions.index_select(0, columns[start:stop]))
-        torch.sum(products, dim=1, out=out[start:stop])
+        pairs = (images.index_select(0, rows[start:stop]), captions.index_select(0, columns[start:stop]))
+        out[start:stop] = _row_dots(*pairs)
     return out
 
 
@@ -196,7 +203,7 @@ class ScoreBlock:
         start: The block's first image.
         scores: ``(rows, M)``: ``scores[i, k]`` approximates ``cos(image_{start+i}, caption_k)`` within ``error``
             (float32 products; float64 ones, with ``error = 0``, where float32 products are not IEEE). Overwritten
-            by the next block: the caller may modify it in place.
+            by the next block.
         matching: ``(rows,)`` float64: the exact score of each image's own caption.
         error: The bound on ``|scores - float64 score|``.
     """
@@ -207,22 +214,18 @@ class ScoreBlock:
         self.start, self.scores, self.error = start, scores, error
         self._images, self._captions = images, captions  # unit float64 rows: the block's images, all captions
         self._buffers = buffers  # reused from block to block
-        local = torch.arange(scores.shape[0], device=scores.device)
         if error == 0:  # float64 products: the block's own diagonal, so that equal captions score alike
+            local = torch.arange(scores.shape[0], device=scores.device)
             self.matching = scores[local, local + start].clone()
         else:
-            self.matching = exact_pair_scores(images, captions, local, local + start)
+            self.matching = _row_dots(images, captions[start : start + scores.shape[0]])
 
-    def _window(self, low: Tensor, high: Optional[Tensor]) -> Tensor:
-        """Boolean ``(rows, M)``: the entries whose float64 score may lie in ``[low_i, high_i]``."""
+    def _bounds(self, values: Tensor, down: bool) -> Tensor:
+        """Per-row ``(rows, 1)`` bounds in the dtype of ``scores``: ``values -/+ error``, rounded outward."""
         if self.error == 0:
-            inside = self.scores >= low.unsqueeze(1)
-            return inside if high is None else inside.logical_and_(self.scores <= high.unsqueeze(1))
-        lower = _float32_outward(low - self.error, down=True).unsqueeze(1)
-        inside = self.scores >= lower
-        if high is not None:
-            inside.logical_and_(self.scores <= _float32_outward(high + self.error, down=False).unsqueeze(1))
-        return inside
+            return values.unsqueeze(1)
+        shifted = values - self.error if down else values + self.error
+        return _float32_outward(shifted, down).unsqueeze(1)
 
     def exact_scores(self, rows: Tensor, columns: Tensor) -> Tensor:
         """The float64 scores of the entries ``(rows[i], columns[i])`` of the block (``scores`` where float64)."""
@@ -230,14 +233,16 @@ class ScoreBlock:
             return self.scores[rows, columns]
         return exact_pair_scores(self._images, self._captions, rows, columns)
 
-    def exact_where(self, low: Tensor, high: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Every entry whose float64 score may lie in ``[low_i, high_i]`` (``high=None``: no upper end), recomputed.
+    def exact_where(self, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every entry whose float64 score may be at least ``low_i``, recomputed: ``(rows, columns, scores)``.
 
-        Returns ``(rows, columns, scores)``: block rows, caption indices and float64 scores of those entries. Every
-        entry left out has a float64 score below ``low_i`` if ``scores[i, k] < low_i``, above ``high_i`` otherwise.
-        Rows with many such entries are recomputed whole by one float64 product.
+        Every entry left out has a float64 score below ``low_i``. Rows with many such entries are recomputed whole
+        by one float64 product.
         """
-        window = self._window(low, high)
+        return self._recomputed(self.scores >= self._bounds(low, down=True))
+
+    def _recomputed(self, window: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The entries where ``window`` (boolean, like ``scores``) is true, with their float64 scores."""
         rows, columns = window.nonzero(as_tuple=True)
         if self.error == 0 or rows.numel() == 0:
             return rows, columns, self.scores[rows, columns].double()
@@ -248,8 +253,7 @@ class ScoreBlock:
         sparse = ~dense[rows]
         dense_rows = dense.nonzero(as_tuple=True)[0]
         whole = torch.matmul(self._images[dense_rows], self._captions.T)  # (dense rows, M) float64
-        dense_window = window[dense_rows]
-        whole_rows, whole_columns = dense_window.nonzero(as_tuple=True)
+        whole_rows, whole_columns = window[dense_rows].nonzero(as_tuple=True)
         sparse_rows, sparse_columns = rows[sparse], columns[sparse]
         return (
             torch.cat([sparse_rows, dense_rows[whole_rows]]),
@@ -262,27 +266,26 @@ class ScoreBlock:
             ),
         )
 
-    def float64_scores(self) -> Tensor:
-        """``scores`` in float64 (a copy in a buffer shared by the blocks, or ``scores`` itself when float64)."""
-        if self.scores.dtype == torch.float64:
-            return self.scores
-        buffer = self._buffers.get("float64")
-        if buffer is None:
-            buffer = self._buffers["float64"] = torch.empty_like(self._buffers["scores"], dtype=torch.float64)
-        return buffer[: self.scores.shape[0]].copy_(self.scores)
-
     def count_below(self, thresholds: Tensor, inclusive: bool) -> Tensor:
         """``#{k : s_ik <= t_i}`` (``inclusive``) or ``#{k : s_ik < t_i}`` per block row, from the float64 scores.
 
-        Entries far from the threshold are counted from ``scores``; those within ``error`` of it are recomputed.
+        Entries more than ``error`` from the threshold are counted from ``scores``; the others are recomputed.
         """
-        rows, _, exact = self.exact_where(thresholds, thresholds)
-        if self.error == 0:
-            certain = (self.scores < thresholds.unsqueeze(1)).sum(dim=1)
-        else:
-            certain = (self.scores < _float32_outward(thresholds - self.error, down=True).unsqueeze(1)).sum(dim=1)
+        certain = self.scores < self._bounds(thresholds, down=True)  # float64 score below the threshold
+        window = self.scores <= self._bounds(thresholds, down=False)
+        counts = certain.sum(dim=1)
+        rows, _, exact = self._recomputed(window.logical_xor_(certain))  # within error of the threshold
         near = exact <= thresholds[rows] if inclusive else exact < thresholds[rows]
-        return certain + torch.bincount(rows[near], minlength=self.scores.shape[0])
+        return counts + torch.bincount(rows[near], minlength=self.scores.shape[0])
+
+    def shifted(self, top: Tensor) -> Tensor:
+        """``scores - top_i`` per row in float64: in place when float64, else into a buffer shared by the blocks."""
+        if self.scores.dtype == torch.float64:
+            return self.scores.sub_(top.unsqueeze(1))
+        buffer = self._buffers.get("float64")
+        if buffer is None:
+            buffer = self._buffers["float64"] = torch.empty_like(self._buffers["scores"], dtype=torch.float64)
+        return torch.sub(self.scores, top.unsqueeze(1), out=buffer[: self.scores.shape[0]])
 
 
 def score_blocks(

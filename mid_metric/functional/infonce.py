@@ -83,20 +83,20 @@ def infonce_log_probabilities(
     """
     parts = []
     for block in score_blocks(images, texts, texts_are_unit=texts_are_unit):
-        scores = block.float64_scores()
         rows, columns, exact = _exact_entries(block, temperature)
-        scores[rows, columns] = exact
+        # The row maximum is among the recomputed entries: exact. Subtracted first, so that the scaled scores are
+        # <= 0 (0 at the maximum, so the sum is >= 1) and cannot overflow, whatever the temperature.
+        top = torch.full_like(block.matching, -math.inf).scatter_reduce_(0, rows, exact, "amax")
+        top = torch.maximum(top, block.matching)
+        scores = block.shifted(top)  # float64
+        scores[rows, columns] = exact - top[rows]
         local = torch.arange(scores.shape[0], device=scores.device)
-        scores[local, local + block.start] = block.matching
-        # log-sum-exp in place in the block, in float64: the row maximum is subtracted first, so the scaled scores
-        # are <= 0 (exactly 0 at the maximum, so the sum is >= 1) and cannot overflow, whatever the temperature.
-        top = scores.amax(dim=1, keepdim=True)
-        scores.sub_(top)
-        matching = block.matching - top.squeeze(1)
+        matching = block.matching - top
+        scores[local, local + block.start] = matching
         if temperature != 1.0:
             scores.div_(temperature)
             matching = matching / temperature
-        parts.append(matching - scores.exp_().sum(dim=1).log())
+        parts.append(matching - scores.exp_().sum(dim=1).log())  # log-sum-exp in float64
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=images.device)
 
 

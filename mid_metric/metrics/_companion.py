@@ -230,9 +230,9 @@ class StoredPairsMetric(CompanionMetric):
 
     The candidate pairs are kept as float32 rows ``[image; text]`` (``4 (image_dim + text_dim)`` bytes a pair:
     184 MB for 30,000 pairs at D = 768) in the list state ``candidate_features``, gathered once at ``compute()``
-    under DDP. Each image and text row is scaled by a power of two before it is rounded to float32
-    (:func:`~mid_metric.functional._similarity.stored_rows`): float32 rows are kept exactly, and float64 rows of
-    any scale keep their direction. The functional forms score the same rows. At most ``max_samples`` pairs are
+    under DDP (:func:`~mid_metric.functional._similarity.stored_rows`): float16, bfloat16 and float32 rows are kept
+    exactly, and each float64 row is scaled by a power of two before it is rounded to float32, so that rows of any
+    scale keep their direction. The functional forms score the same rows. At most ``max_samples`` pairs are
     kept: a batch that would go beyond raises, and nothing of it is added.
 
     Args:
@@ -314,7 +314,7 @@ class StoredPairsMetric(CompanionMetric):
         if count == 0:
             return
         check_capacity(self.stored_count(), count, self.max_samples, type(self).__name__)
-        # Rows scaled by a power of two, in float32 (stored_rows): whatever their scale, none underflows or overflows.
+        # float32 rows (stored_rows): float64 ones scaled by a power of two first, so that none underflows or overflows
         self.candidate_features.append(torch.cat([stored_rows(images), stored_rows(texts)], dim=1))
 
     def merge_state(self, incoming_state: Union[dict[str, Any], Metric]) -> None:
