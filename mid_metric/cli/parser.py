@@ -288,8 +288,10 @@ def _add_score_command(commands: Any) -> None:
         default=("mid",),
         metavar="NAMES",
         help="comma-separated metrics to compute from the one feature pass: mid, clip-score (CLIP-S, weight 2.5,"
-        " clamped at 0), r-precision (the exact expectation of CLIP-R-Precision with 99 negatives) and infonce (the"
-        " mean softmax probability of the matching caption, temperature 1); MID by default",
+        " clamped at 0), r-precision (the exact expectation of CLIP-R-Precision with 99 negatives), infonce (the"
+        " mean softmax probability of the matching caption, temperature 1), fd (Fréchet distance of the real and the"
+        " candidate image features) and cmmd (CMMD, sigma 10, scale 1000; needs --reference-pairs); fd and cmmd are"
+        " set-level, with no --per-sample column; MID by default",
     )
     score.add_argument(
         "--bias-correction",
@@ -300,7 +302,8 @@ def _add_score_command(commands: Any) -> None:
         help="use a bias-corrected estimator, whose value does not drift with the number of samples (see the"
         " README): 'gaussian' (the default of the flag) or 'jackknife' (also for non-Gaussian features; needs"
         " --reference-pairs, since reference files hold no jackknife groups). Published MID numbers use the"
-        " paper's uncorrected estimator, the default. Needs --eps 0",
+        " paper's uncorrected estimator, the default. Needs --eps 0. 'jackknife' jackknifes fd too (with an"
+        " interval, the same groups); 'gaussian' leaves fd at its plug-in value",
     )
     score.add_argument(
         "--jackknife-key",
