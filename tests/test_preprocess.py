@@ -142,3 +142,34 @@ def test_every_pipeline_reads_a_16_bit_image_as_its_8_bit_equivalent(clip_dir, p
     torch.testing.assert_close(extractor.encode_images(images), expected, rtol=0, atol=1e-6)
     clipped = extractor.encode_images([Image.fromarray(np.minimum(sixteen, 255).astype(np.uint8))])
     assert (clipped[0] - expected[0]).abs().max() > 1e-3  # what 0.3.1 computed differs
+
+
+def test_text_to_image_pixels_do_not_depend_on_threads_or_batches():
+    # torch splits its bilinear kernel between threads, and the split moves the last bit of some values; the
+    # pipeline resizes on one thread, so a DataLoader worker (one thread) and the main process agree bit for bit
+    images = [smooth_image(300 + 7 * s, 260 + 5 * s, seed=s) for s in range(6)]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        several = text_to_image_pixels(images, 224)
+        assert torch.get_num_threads() == 4  # restored
+        torch.set_num_threads(1)
+        one = text_to_image_pixels(images, 224)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(several, one)
+    assert torch.equal(torch.cat([text_to_image_pixels([image], 224) for image in images]), one)
+
+
+@pytest.mark.parametrize("preprocess", PREPROCESSING)
+def test_the_pipeline_of_an_extractor_is_what_encode_images_runs(clip_dir, preprocess):
+    extractor = load_clip(str(clip_dir), preprocess=preprocess)
+    images = [smooth_image(64, 43, seed=1), smooth_image(35, 52, seed=2, mode="P")]
+    pixels = extractor.pipeline(images)
+    assert pixels.shape == (2, 3, 32, 32) and pixels.dtype == torch.float32
+    torch.testing.assert_close(extractor.encode_pixels(pixels), extractor.encode_images(images), rtol=0, atol=0)
+    arrays = [torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1) for image in images]
+    # uint8 tensors reach every pipeline as the 8-bit RGB images they hold, the processor's included
+    assert torch.equal(
+        extractor.encode_images(arrays), extractor.encode_images([image.convert("RGB") for image in images])
+    )

@@ -246,10 +246,24 @@ def _text_to_image_batch(pictures: Sequence[Any], size: int) -> Tensor:
     side = TEXT_TO_IMAGE_SIDE
     batch = torch.stack([_to_unit_tensor(_resize_and_crop(image, side, Image.BILINEAR)) for image in pictures])
     if size != side:
-        batch = torch.nn.functional.interpolate(
+        batch = _bilinear_one_thread(batch, size)
+    return _normalise(batch)
+
+
+def _bilinear_one_thread(batch: Tensor, size: int) -> Tensor:
+    """Bilinear resize of a batch to ``size x size`` without antialiasing, computed on one thread.
+
+    torch's CPU kernel splits the work between its threads, and where a split falls changes the last bit of some
+    values; one thread gives the same pixels in a DataLoader worker (one thread) as in the main process.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.nn.functional.interpolate(
             batch, size=(size, size), mode="bilinear", align_corners=False, antialias=False
         )
-    return _normalise(batch)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class PixelPipeline:
