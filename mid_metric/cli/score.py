@@ -1,4 +1,4 @@
-"""``mid-metric score``: MID of candidate pairs against a reference, as text, JSON and per-sample CSV."""
+"""``mid-metric score``: MID and the other metrics of candidate pairs against a reference, as text, JSON and CSV."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from torch import Tensor
 from mid_metric._version import __version__
 from mid_metric.cli.messages import library_errors
 from mid_metric.cli.parser import CommandError
+from mid_metric.cli.quality import QUALITY_METRICS, check_quality_options, quality_lines, quality_scores
 from mid_metric.cli.session import (
     Console,
     Features,
@@ -89,7 +90,7 @@ def _companion_scores(names: tuple[str, ...], candidates: Features, dims: tuple[
 
     scores = {}
     for name in names:
-        if name == "mid":
+        if name == "mid" or name in QUALITY_METRICS:
             continue
         options = {} if name == "clip-score" else {"max_samples": max(len(candidates), 1)}  # all of them, no cap
         metric = getattr(metrics, _COMPANIONS[name][0])(feature=dims, **options)
@@ -102,7 +103,9 @@ def _format_text(report: dict[str, Any]) -> str:
     """The report as text: MID with its terms and interval, then one line per other metric, then the run."""
     lines = _format_mid(report) if "mid" in report else []
     for name, entry in report["metrics"].items():
-        if name != "mid":
+        if name in QUALITY_METRICS:
+            lines.extend(quality_lines(name, entry))
+        elif name != "mid":
             lines.append(f"{_COMPANIONS[name][1]}: {entry['value']:.6f}  (higher is better)")
     model = report["model"] or "(precomputed features)"
     if report.get("reference_model") != report["model"]:
@@ -176,15 +179,18 @@ def _check_finite(report: dict[str, Any], eps_allowed: bool) -> None:
 
 def _check_options(args: argparse.Namespace) -> None:
     """Refuse, before any work, options that do not go together, naming only options that exist."""
-    if args.bias_correction and args.eps:
+    check_quality_options(args)
+    if args.bias_correction and args.eps and "mid" in args.metrics:
         raise CommandError(
             f"--bias-correction needs --eps 0 (its corrections are derived for unregularised covariances), got --eps"
             f" {args.eps:g}: drop --eps, or drop --bias-correction."
         )
-    if args.bias_correction and "mid" not in args.metrics:
+    jackknifes_fd = args.bias_correction == "jackknife" and "fd" in args.metrics
+    if args.bias_correction and "mid" not in args.metrics and not jackknifes_fd:
+        changes = "mid and fd" if args.bias_correction == "jackknife" else "the mid metric only"
         raise CommandError(
-            f"--bias-correction changes the mid metric only, which --metrics {','.join(args.metrics)} does not"
-            " compute: add mid to --metrics, or drop --bias-correction."
+            f"--bias-correction {args.bias_correction} changes {changes}, which --metrics {','.join(args.metrics)}"
+            " does not compute: drop --bias-correction, or add such a metric to --metrics."
         )
     if args.bias_correction != "jackknife":
         for option, value in (("--jackknife-key", args.jackknife_key), ("--jackknife-groups", args.jackknife_groups)):
@@ -199,7 +205,7 @@ def _check_options(args: argparse.Namespace) -> None:
 
 
 def _metric_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The jackknife's options of MID (``jackknife_key``, ``jackknife_groups``) from the command line."""
+    """The jackknife's options of MID and fd (``jackknife_key``, ``jackknife_groups``) from the command line."""
     if args.bias_correction != "jackknife":
         return {}
     # Captioning (--generated-caption-column): the candidates are the reference's images with generated captions,
@@ -341,8 +347,17 @@ def run_score(args: argparse.Namespace) -> int:
         report.update({"num_reference": num_reference, "num_candidates": len(candidates)})
     with library_errors():
         companions = _companion_scores(args.metrics, candidates, (image_dim, text_dim))
+        quality = quality_scores(
+            args.metrics,
+            (image_dim, text_dim),
+            None if reference is None else (reference.images, reference.texts, str(reference.source)),
+            args.reference,
+            (candidates.images, candidates.texts, str(candidates.source)),
+            {"bias_correction": args.bias_correction, **_metric_options(args)},
+        )
     report["metrics"] = {
-        name: ({"value": report["mid"]} if name == "mid" else {"value": companions[name][0]}) for name in args.metrics
+        name: {"value": report["mid"]} if name == "mid" else quality.get(name) or {"value": companions[name][0]}
+        for name in args.metrics
     }
     report.update(
         {
