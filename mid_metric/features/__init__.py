@@ -9,7 +9,9 @@ An extractor is any object with the members of :class:`FeatureExtractor`: a ``na
   callables, or as an object with ``encode_images`` and ``encode_texts`` methods;
 - :func:`as_feature_extractor`, which picks the right one for the ``feature=`` argument of the metric;
 - :func:`openai_pixels` and :func:`text_to_image_pixels`: OpenAI CLIP's own image preprocessing and the MID
-  paper's text-to-image variant, without torchvision (``load_clip(..., preprocess="openai")`` uses them);
+  paper's text-to-image variant, without torchvision (``load_clip(..., preprocess="openai")`` uses them), and
+  :class:`PixelPipeline`, an extractor's whole preprocessing as a picklable callable, which data loader workers
+  can run before ``ClipFeatureExtractor.encode_pixels`` (the command line does);
 - :func:`model_identity`, the name recorded for a model in reference statistics files: a Hugging Face model id is
   recorded as it is, a local model folder as ``local:<name>@sha256:<fingerprint of its weights>``, which is the
   same from any working directory and for any copy of the folder.
@@ -37,7 +39,7 @@ from mid_metric.features.identity import (
     weights_fingerprint,
 )
 from mid_metric.features.inputs import ImageBatch, check_texts, count_images, images_to_float_list, normalize_features
-from mid_metric.features.preprocess import PREPROCESSING, openai_pixels, text_to_image_pixels
+from mid_metric.features.preprocess import PREPROCESSING, PixelPipeline, openai_pixels, text_to_image_pixels
 from mid_metric.features.protocol import FeatureExtractor
 from mid_metric.features.resolve import as_feature_extractor
 
@@ -55,6 +57,7 @@ __all__ = [
     "PREPROCESSING",
     "openai_pixels",
     "text_to_image_pixels",
+    "PixelPipeline",
     "LOCAL_MODEL_PREFIX",
     "looks_like_local_path",
     "model_identity",

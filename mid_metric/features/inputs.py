@@ -210,8 +210,8 @@ def images_to_float_list(images: ImageBatch) -> list[Tensor]:
     """Convert any accepted image batch to a list of float32 ``(3, H, W)`` CPU tensors with values in ``[0, 1]``.
 
     uint8 data is divided by 255; PIL images are brought to 8 bits by :func:`eight_bit_image`, converted to RGB,
-    then divided by 255. This is the common form handed to an image processor with ``do_rescale=False``, which then
-    resizes, crops and normalises exactly as it would the uint8 data.
+    then divided by 255. (The extractors' pipelines take 8-bit PIL images instead: an image processor handed
+    floats converts each whole image back to 8 bits for its resize, which costs more than the rest of its work.)
 
     Raises:
         TypeError: If an image is not a tensor or a PIL image, or a tensor has an unsupported dtype.
