@@ -15,7 +15,11 @@ row. :data:`PREPROCESSING` names the pipelines a :class:`~mid_metric.features.Cl
 - ``"mid-t2i"``: the MID paper's text-to-image protocol (its ``coco.py`` and ``main.py``): a PIL **bilinear**
   resize of the short side to 256 and a center crop to ``256 x 256``, ``/ 255``, then a bilinear resize of that
   tensor to ``n_px x n_px`` without antialiasing (torchvision's tensor default before 0.17) and the same
-  normalisation.
+  normalisation;
+- ``"cmmd"``: the CMMD paper's reference code (google-research ``cmmd/io_util.py``): the image converted to RGB,
+  cropped to its largest centred square (offsets ``(side - short) // 2``, floored), resized to ``n_px x n_px``
+  with PIL's **bicubic** filter (antialiased when it shrinks), ``/ 255``, then the same normalisation. Use it with
+  CLIP ViT-L/14 at 336 px (``n_px = 336``), the paper's model, for values comparable with published CMMD.
 
 ``n_px`` is the model's input size (``vision_config.image_size``: 224 for ViT-B/32 and ViT-L/14). OpenAI's pipeline
 takes 8-bit images: uint8 tensors are converted to PIL images exactly, float tensors in ``[0, 1]`` are rounded to
@@ -56,11 +60,13 @@ __all__ = [
     "to_pil_images",
     "openai_pixels",
     "text_to_image_pixels",
+    "square_crop_box",
+    "cmmd_pixels",
     "PixelPipeline",
 ]
 
 #: The image pipelines a CLIP extractor can use (see the module docstring).
-PREPROCESSING = ("processor", "openai", "mid-t2i")
+PREPROCESSING = ("processor", "openai", "mid-t2i", "cmmd")
 
 #: CLIP's per-channel mean of the RGB values in ``[0, 1]``.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -84,7 +90,7 @@ def check_preprocess(value: object) -> str:
         >>> check_preprocess("torchvision")
         Traceback (most recent call last):
         ...
-        ValueError: `preprocess` must be one of 'processor', 'openai', 'mid-t2i', got 'torchvision'.
+        ValueError: `preprocess` must be one of 'processor', 'openai', 'mid-t2i', 'cmmd', got 'torchvision'.
     """
     if not isinstance(value, str) or value not in PREPROCESSING:
         expected = ", ".join(repr(name) for name in PREPROCESSING)
@@ -250,6 +256,54 @@ def _text_to_image_batch(pictures: Sequence[Any], size: int) -> Tensor:
     return _normalise(batch)
 
 
+def square_crop_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """PIL crop box ``(left, top, right, bottom)`` of the largest centred square, offsets floored (CMMD's code).
+
+    Example:
+        >>> square_crop_box(300, 200)
+        (50, 0, 250, 200)
+        >>> square_crop_box(200, 203)   # offset (203 - 200) // 2 = 1
+        (0, 1, 200, 201)
+    """
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def cmmd_pixels(images: ImageBatch, size: int) -> Tensor:
+    """The CMMD paper's preprocessing: largest centred square, bicubic resize to ``size``, CLIP normalisation.
+
+    Args:
+        images: As for :func:`openai_pixels`.
+        size: The model's input side (336 for CLIP ViT-L/14-336, the paper's model).
+
+    Returns:
+        Float32 ``(N, 3, size, size)`` pixel values.
+
+    Raises:
+        TypeError: If an image is of an unsupported type or dtype.
+        ValueError: If a tensor has the wrong shape or float values outside ``[0, 1]``.
+
+    Example:
+        >>> from PIL import Image
+        >>> pixels = cmmd_pixels([Image.new("RGB", (60, 40), (255, 0, 0))], size=24)
+        >>> tuple(pixels.shape), round(pixels[0, 0, 5, 5].item(), 4)   # (1 - 0.4815) / 0.2686
+        ((1, 3, 24, 24), 1.9303)
+    """
+    return _cmmd_batch(to_pil_images(images), size)
+
+
+def _cmmd_batch(pictures: Sequence[Any], size: int) -> Tensor:
+    """:func:`cmmd_pixels` of 8-bit PIL images."""
+    from PIL import Image
+
+    if not pictures:
+        return torch.empty(0, 3, size, size)
+    squares = [image.convert("RGB") for image in pictures]
+    squares = [image.crop(square_crop_box(*image.size)).resize((size, size), Image.BICUBIC) for image in squares]
+    return _normalise(torch.stack([_to_unit_tensor(image) for image in squares]))
+
+
 def _bilinear_one_thread(batch: Tensor, size: int) -> Tensor:
     """Bilinear resize of a batch to ``size x size`` without antialiasing, computed on one thread.
 
@@ -278,8 +332,7 @@ class PixelPipeline:
 
     Args:
         preprocess: One of :data:`PREPROCESSING`.
-        size: The model's input side ``n_px`` (``vision_config.image_size``); needed by ``"openai"`` and
-            ``"mid-t2i"``.
+        size: The model's input side ``n_px`` (``vision_config.image_size``); needed by all but ``"processor"``.
         image_processor: The model's Hugging Face image processor; needed by ``"processor"``.
 
     Raises:
@@ -307,6 +360,8 @@ class PixelPipeline:
             return _openai_batch(pictures, self.size)  # type: ignore[arg-type]
         if self.preprocess == "mid-t2i":
             return _text_to_image_batch(pictures, self.size)  # type: ignore[arg-type]
+        if self.preprocess == "cmmd":
+            return _cmmd_batch(pictures, self.size)  # type: ignore[arg-type]
         rgb = [picture.convert("RGB") for picture in pictures]
         return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
 
