@@ -96,7 +96,7 @@ _PAIRS_HELP = textwrap.fill(
 
 
 #: The image preprocessing choices of ``--preprocess`` (those of :data:`mid_metric.features.PREPROCESSING`).
-PREPROCESS_CHOICES = ("processor", "openai", "mid-t2i")
+PREPROCESS_CHOICES = ("processor", "openai", "mid-t2i", "cmmd")
 
 
 #: The preprocessing of every command when ``--preprocess`` is not given: OpenAI CLIP's own, which the paper used,
@@ -123,8 +123,9 @@ def _add_common_options(
         help=f"how images are resized, cropped and normalised for CLIP: 'openai' (the default since 0.4.0: OpenAI"
         " CLIP's own pipeline, with which the paper's numbers were computed: bicubic resize of the short side,"
         " center crop, CLIP mean and std), 'processor' (the model's Hugging Face image processor, the default of"
-        " mid-metric 0.3 and earlier) or 'mid-t2i' (the MID paper's text-to-image protocol: resize and crop to 256"
-        " first). Use the same for a reference and its candidates: reference files do not record it (default:"
+        " mid-metric 0.3 and earlier), 'mid-t2i' (the MID paper's text-to-image protocol: resize and crop to 256"
+        " first) or 'cmmd' (the CMMD paper's: the largest centred square, bicubic resize to the model's size). Use"
+        " the same for a reference and its candidates: reference files do not record it (default:"
         f" {DEFAULT_PREPROCESS})",
     )
     group.add_argument(

@@ -37,8 +37,9 @@ class ClipFeatureExtractor(nn.Module):
         batch_size: Largest number of images or captions sent to the model at once.
         preprocess: How images become pixel values (:mod:`mid_metric.features.preprocess`): ``"processor"`` (the
             processor's ``image_processor``, the default), ``"openai"`` (OpenAI CLIP's own pipeline, with which the
-            published captioning numbers were computed) or ``"mid-t2i"`` (the MID paper's text-to-image protocol,
-            which resizes and crops to 256 first). The last two need only PIL and use the model's input size
+            published captioning numbers were computed), ``"mid-t2i"`` (the MID paper's text-to-image protocol,
+            which resizes and crops to 256 first) or ``"cmmd"`` (the CMMD paper's: the largest centred square,
+            resized bicubic). The last three need only PIL and use the model's input size
             ``vision_config.image_size``.
 
     Raises:
@@ -267,7 +268,7 @@ def load_clip(
         name: Name recorded in reference statistics files; defaults to :func:`model_identity` of
             ``name_or_path``: a model id as it is, a local folder as ``local:<name>@sha256:<fingerprint>``, so that
             the name does not depend on the working directory or on where the folder lives.
-        preprocess: ``"processor"``, ``"openai"`` or ``"mid-t2i"``: see :class:`ClipFeatureExtractor`.
+        preprocess: ``"processor"``, ``"openai"``, ``"mid-t2i"`` or ``"cmmd"``: see :class:`ClipFeatureExtractor`.
 
     Returns:
         The frozen extractor.
