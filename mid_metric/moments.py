@@ -22,7 +22,8 @@ rebuilds the full matrix from it, and so does :func:`mean_and_scatter` unless as
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -90,7 +91,14 @@ def unpack(packed: Tensor) -> GaussianMoments:
     )
 
 
-def accumulate_(packed: Tensor, features: Tensor, split: int = 0, skip_trailing_block: bool = False) -> Tensor:
+def accumulate_(
+    packed: Tensor,
+    features: Tensor | Sequence[Tensor],
+    split: int = 0,
+    skip_trailing_block: bool = False,
+    workspace: Optional[Tensor] = None,
+    may_be_empty: bool = True,
+) -> Tensor:
     """Add a batch of feature rows to a packed moments tensor, in place.
 
     The first batch a group sees sets its shift to that batch's mean; the choice is made on the device, without a
@@ -98,12 +106,19 @@ def accumulate_(packed: Tensor, features: Tensor, split: int = 0, skip_trailing_
 
     Args:
         packed: Packed moments of dimension ``D``, float64.
-        features: Batch of shape ``(B, D)``; any floating dtype, it is cast to float64 once.
+        features: Batch of shape ``(B, D)``, or its column blocks (such as the image and the text features, which
+            need not be concatenated first); any floating dtype. Each block is cast to float64 and centred on the
+            shift in one pass, written into ``workspace``.
         split: The outer-product update works in row blocks that never straddle column ``split`` (the metrics pass
             ``image_dim``, so the text block has blocks of its own); the result does not depend on it beyond
             rounding.
         skip_trailing_block: Leave the ``[split:, split:]`` block of ``S2`` unchanged: the caller copies it from a
             group that has seen the same trailing columns (see :func:`accumulate_pairs_`).
+        workspace: A float64 ``(>= B, D)`` tensor on the state's device that receives the centred rows, so that
+            no batch allocates; it may be ``features`` itself when the caller no longer needs them (a staging area
+            being flushed). ``None``: a new tensor (the caller's features are never modified).
+        may_be_empty: ``False`` when the caller knows the state holds rows already; the batch's mean, needed only
+            for an empty state's shift, is then not computed.
 
     Returns:
         ``packed``, updated.
@@ -115,16 +130,26 @@ def accumulate_(packed: Tensor, features: Tensor, split: int = 0, skip_trailing_
         >>> mean.tolist(), scatter.tolist()
         ([2.0, 4.0], [[2.0, 4.0], [4.0, 8.0]])
     """
-    if features.shape[0] == 0:
+    parts = (features,) if isinstance(features, Tensor) else tuple(features)
+    rows = parts[0].shape[0]
+    if rows == 0:
         return packed
     fields = unpack(packed)
-    batch = features.to(dtype=torch.float64)
-    first_batch = fields.count == 0
-    fields.shift.copy_(torch.where(first_batch, batch.mean(dim=0), fields.shift))
-    batch = batch - fields.shift  # a new tensor: the caller's features are never modified
+    parts = tuple(part.to(device=packed.device) for part in parts)
+    if may_be_empty:
+        mean = torch.cat([part.mean(dim=0, dtype=torch.float64) for part in parts])
+        fields.shift.copy_(torch.where(fields.count == 0, mean, fields.shift))
+    if workspace is None:
+        workspace = torch.empty(rows, fields.shift.shape[0], dtype=torch.float64, device=packed.device)
+    batch = workspace[:rows]
+    column = 0
+    for part in parts:  # cast, concatenation and centring in one pass per block
+        width = part.shape[1]
+        torch.sub(part, fields.shift[column : column + width], out=batch[:, column : column + width])
+        column += width
     fields.shifted_sum.add_(batch.sum(dim=0))
     _add_gram_(fields.shifted_outer_sum, batch, split, skip_trailing_block)
-    fields.count.add_(batch.shape[0])
+    fields.count.add_(rows)
     return packed
 
 
@@ -225,12 +250,18 @@ def recentre_due(batches_seen: int) -> bool:
     return batches_seen > 0 and batches_seen & (batches_seen - 1) == 0
 
 
-def accumulate_batch_(packed: Tensor, features: Tensor, batches_seen: int, split: int = 0) -> Tensor:
+def accumulate_batch_(
+    packed: Tensor,
+    features: Tensor | Sequence[Tensor],
+    batches_seen: int,
+    split: int = 0,
+    workspace: Optional[Tensor] = None,
+) -> Tensor:
     """Add the group's ``batches_seen``-th batch (counting this one) in place, and recentre when it is due.
 
     This is the one update rule of the metric's statistics: :func:`accumulate_`, then :func:`recentre_` on the
     schedule of :func:`recentre_due`. The schedule depends only on the batch number, which the metric keeps on the
-    host, so the update needs no host synchronisation.
+    host, so the update needs no host synchronisation. ``features`` and ``workspace`` are as in :func:`accumulate_`.
 
     Example:
         >>> state = empty_moments(1)
@@ -239,19 +270,25 @@ def accumulate_batch_(packed: Tensor, features: Tensor, batches_seen: int, split
         >>> unpack(state).shift.tolist(), mean_and_scatter(state)[1].tolist()  # recentred after batch 2
         ([1.0], [[8.0]])
     """
-    accumulate_(packed, features, split)
-    if features.shape[0] > 0 and recentre_due(batches_seen):
+    accumulate_(packed, features, split, workspace=workspace, may_be_empty=batches_seen <= 1)
+    if row_count(features) > 0 and recentre_due(batches_seen):
         recentre_(packed)
     return packed
+
+
+def row_count(features: Tensor | Sequence[Tensor]) -> int:
+    """Rows of a batch given whole or as column blocks."""
+    return features.shape[0] if isinstance(features, Tensor) else features[0].shape[0]
 
 
 def accumulate_pairs_(
     reference: Tensor,
     candidate: Tensor,
-    reference_rows: Tensor,
-    candidate_rows: Tensor,
+    reference_rows: Tensor | Sequence[Tensor],
+    candidate_rows: Tensor | Sequence[Tensor],
     batches_seen: int,
     split: int,
+    workspaces: tuple[Optional[Tensor], Optional[Tensor]] = (None, None),
 ) -> None:
     """Add one batch to two groups whose rows share their trailing columns ``[split:]``, in place.
 
@@ -259,7 +296,8 @@ def accumulate_pairs_(
     ``S2`` is copied from the reference's instead of computed again. It is exact, bit for bit, when both groups have
     seen the same trailing columns in the same batches since they were empty (the metric's ``update_pairs``, where
     the candidates are generated from the reference's own captions): then the shifts, sums and that block agree
-    bitwise, and every operation here is element-wise or a GEMM of the same shape on the same columns.
+    bitwise, and every operation here is element-wise or a GEMM of the same shape on the same columns. The rows and
+    the workspaces (one per group) are as in :func:`accumulate_`.
 
     Example:
         >>> x, x_hat, y = torch.randn(6, 2), torch.randn(6, 2), torch.randn(6, 1)
@@ -269,13 +307,14 @@ def accumulate_pairs_(
         >>> torch.equal(cand, separate)
         True
     """
-    accumulate_(reference, reference_rows, split)
-    accumulate_(candidate, candidate_rows, split, skip_trailing_block=True)
+    first = batches_seen <= 1
+    accumulate_(reference, reference_rows, split, workspace=workspaces[0], may_be_empty=first)
+    accumulate_(candidate, candidate_rows, split, skip_trailing_block=True, workspace=workspaces[1], may_be_empty=first)
     source, target = unpack(reference).shifted_outer_sum, unpack(candidate).shifted_outer_sum
     for start, stop in _row_blocks(source.shape[0], split):  # the entries _add_gram_ writes, lower triangle included
         if start >= split:
             target[start:stop, split:stop].copy_(source[start:stop, split:stop])
-    if reference_rows.shape[0] > 0 and recentre_due(batches_seen):
+    if row_count(reference_rows) > 0 and recentre_due(batches_seen):
         recentre_(reference)
         recentre_(candidate)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -94,8 +95,12 @@ class JackknifeStore(MomentStore):
         """How many rows the group states hold together."""
         return int(self._state[:, 0].sum())
 
-    def accumulate(self, rows: Tensor) -> None:
-        """Add a batch of float64 joint rows to their groups' states now (one host synchronisation on CUDA)."""
+    def accumulate(self, rows: Tensor | Sequence[Tensor], workspace: Optional[Tensor] = None) -> None:
+        """Add a batch of joint rows (or its column blocks) to their groups' states now (one host sync on CUDA).
+
+        The rows are sorted by group into a new tensor, so ``workspace`` is not needed.
+        """
+        rows = _joint(rows, self.device)
         if rows.shape[0] == 0:
             return
         self.batches_seen += 1
@@ -103,12 +108,15 @@ class JackknifeStore(MomentStore):
         grouping.accumulate_groups_(self._updatable(), rows, groups, self.group_batches_seen, self.split)
         self._changed()
 
-    def accumulate_paired(self, candidate: MomentStore, rows: Tensor, candidate_rows: Tensor) -> None:
+    def accumulate_paired(
+        self, candidate: MomentStore, rows: Tensor | Sequence[Tensor], candidate_rows: Tensor | Sequence[Tensor]
+    ) -> None:
         """As :meth:`MomentStore.accumulate_paired`, group by group when the groups come from the shared texts.
 
         With another key a reference row and its candidate may fall in different groups, and each store
         accumulates its own rows (bitwise the same result).
         """
+        rows, candidate_rows = _joint(rows, self.device), _joint(candidate_rows, self.device)
         if self.key != "text" or not isinstance(candidate, JackknifeStore):
             self.accumulate(rows)
             candidate.accumulate(candidate_rows)
@@ -159,3 +167,8 @@ class JackknifeStore(MomentStore):
                 f"`{name}` differs from the merge of its jackknife groups (mean by {mean_gap:.3g}, scatter by"
                 f" {scatter_gap:.3g}): it is not the full state of these groups."
             )
+
+
+def _joint(rows: Tensor | Sequence[Tensor], device: torch.device) -> Tensor:
+    """Joint float64 rows from whole rows or from their column blocks ``(images, texts)``."""
+    return rows if isinstance(rows, Tensor) else moments.joint_rows(*rows, device=device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import torch
@@ -19,7 +20,9 @@ class MomentStore:
     Rows come in as image and text features and are kept, cast to float64, in a staging area of ``buffer_rows``
     rows, so that small batches are accumulated as large ones; a full area, or a caller who reads the statistics,
     flushes them into the packed moments (:mod:`mid_metric.moments`). Each accumulated batch counts towards the
-    recentring schedule of :func:`mid_metric.moments.accumulate_batch_`.
+    recentring schedule of :func:`mid_metric.moments.accumulate_batch_`. A flush centres the staged rows in place;
+    a batch of at least ``buffer_rows`` rows is accumulated at once, cast and centred in one pass into a float64
+    workspace that is kept for the next such batch (as large as the largest of them; dropped on reset).
 
     :attr:`state` is the tensor the metric registers with torchmetrics under the name ``{group}_moments``: it is
     synced, merged, reset, moved and saved by the metric, which replaces it through this attribute. The store
@@ -55,6 +58,7 @@ class MomentStore:
         #: Rows in the staging area.
         self.staged_rows = 0
         self._area: Optional[Tensor] = None
+        self._workspace: Optional[Tensor] = None
 
     # ----------------------------------------------------------------------------------------------- the state
     def empty_state(self, device: Optional[torch.device] = None) -> Tensor:
@@ -117,29 +121,54 @@ class MomentStore:
         return self._state
 
     # ----------------------------------------------------------------------------------------------------- rows
-    def accumulate(self, rows: Tensor) -> None:
-        """Add a batch of float64 joint rows ``[x; y]`` to the statistics now, as one batch."""
-        if rows.shape[0] == 0:
+    def accumulate(self, rows: Tensor | Sequence[Tensor], workspace: Optional[Tensor] = None) -> None:
+        """Add a batch of joint rows ``[x; y]`` (or its column blocks ``(x, y)``) to the statistics now, as one batch.
+
+        ``workspace``: as in :func:`mid_metric.moments.accumulate_` (a batch's own staging area when flushed).
+        """
+        if moments.row_count(rows) == 0:
             return
         self.batches_seen += 1
-        moments.accumulate_batch_(self._updatable(), rows, self.batches_seen, self.split)
+        moments.accumulate_batch_(self._updatable(), rows, self.batches_seen, self.split, workspace)
         self._changed()
 
-    def accumulate_paired(self, candidate: MomentStore, rows: Tensor, candidate_rows: Tensor) -> None:
+    def accumulate_features(self, images: Tensor, texts: Tensor) -> None:
+        """Add a checked batch of image and text features as one batch, through the kept workspace."""
+        self.accumulate((images, texts), self.workspace(images.shape[0]))
+
+    def accumulate_paired(
+        self, candidate: MomentStore, rows: Tensor | Sequence[Tensor], candidate_rows: Tensor | Sequence[Tensor]
+    ) -> None:
         """Add one batch to this store and to ``candidate``, whose rows share their text columns with ``rows``.
 
         The candidate's text block is copied from this store's (:func:`mid_metric.moments.accumulate_pairs_`):
         bitwise the same as two :meth:`accumulate` calls when both stores have seen the same texts in the same
-        batches since they were empty, which the caller guarantees.
+        batches since they were empty, which the caller guarantees. Rows given as column blocks go through the
+        kept workspace; whole rows are the stores' staging areas, centred in place.
         """
-        if rows.shape[0] == 0:
+        count = moments.row_count(rows)
+        if count == 0:
             return
         self.batches_seen += 1
         candidate.batches_seen += 1
         reference_state, candidate_state = self._updatable(), candidate._updatable()
-        moments.accumulate_pairs_(reference_state, candidate_state, rows, candidate_rows, self.batches_seen, self.split)
+        if isinstance(rows, Tensor):  # (a flush: each store's staged rows, in its own staging area)
+            workspaces = (_writable(rows), _writable(candidate_rows))
+        else:
+            workspaces = (self.workspace(count), self.workspace(count))  # used one after the other
+        moments.accumulate_pairs_(
+            reference_state, candidate_state, rows, candidate_rows, self.batches_seen, self.split, workspaces
+        )
         self._changed()
         candidate._changed()
+
+    def workspace(self, rows: int) -> Tensor:
+        """A float64 ``(>= rows, joint_dim)`` tensor on the state's device, kept for the next large batch."""
+        area = self._workspace
+        if area is None or area.shape[0] < rows or area.device != self.device or _writable(area) is None:
+            area = torch.empty(rows, self.joint_dim, dtype=torch.float64, device=self.device)
+        self._workspace = area
+        return area
 
     @property
     def room(self) -> int:
@@ -164,7 +193,8 @@ class MomentStore:
     def flush(self) -> None:
         """Accumulate the staged rows as one batch and empty the staging area."""
         if self.staged_rows > 0:
-            self.accumulate(self.staged())
+            staged = self.staged()
+            self.accumulate(staged, workspace=_writable(staged))  # (centred in place: they are not needed after)
             self.staged_rows = 0
 
     def clear_staged(self) -> None:
@@ -212,6 +242,7 @@ class MomentStore:
         """Forget the staged rows and the batch count (the metric resets the state itself)."""
         self.clear_staged()
         self.batches_seen = 0
+        self._workspace = None
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def text_statistics(self) -> list[Tensor]:
@@ -226,3 +257,8 @@ class MomentStore:
             parts += [fields.count, fields.shift[split:], fields.shifted_sum[split:]]
             parts.append(fields.shifted_outer_sum[split:, split:].tril())
         return parts
+
+
+def _writable(rows: Tensor) -> Optional[Tensor]:
+    """``rows``, or ``None`` when they cannot be changed in place in the current mode (an inference tensor)."""
+    return None if rows.is_inference() and not torch.is_inference_mode_enabled() else rows

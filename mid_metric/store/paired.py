@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from mid_metric import moments
 from mid_metric._checks import check_features
 from mid_metric.store.jackknife_store import JackknifeStore
 from mid_metric.store.moment_store import MomentStore
@@ -79,10 +78,7 @@ class PairedStores:
         """Add checked reference pairs ``(real_images, captions)`` and candidates ``(generated_images, captions)``."""
         if self.texts_shared and real_images.shape[0] >= self.buffer_rows:
             self.flush()
-            device = self.reference.device
-            reference_rows = moments.joint_rows(real_images, captions, device)
-            candidate_rows = moments.joint_rows(generated_images, captions, device)
-            self.reference.accumulate_paired(self.candidate, reference_rows, candidate_rows)
+            self.reference.accumulate_paired(self.candidate, (real_images, captions), (generated_images, captions))
             return
         self._stage(self.reference, real_images, captions)
         self._stage(self.candidate, generated_images, captions)
@@ -91,7 +87,7 @@ class PairedStores:
         """Stage a batch in ``store``, flushing first when it does not fit; a batch that fills it is accumulated."""
         if images.shape[0] >= store.buffer_rows:
             self._flush_for(store)
-            store.accumulate(moments.joint_rows(images, texts, store.device))
+            store.accumulate_features(images, texts)
             return
         if images.shape[0] > store.room:
             self._flush_for(store)
