@@ -16,7 +16,7 @@ import torch
 from companion_refs import TIE, aligned_pairs, naive_cosine_matrix, naive_infonce_per_pair, naive_r_precision_per_pair
 
 from mid_metric import CLIPRPrecision, InfoNCE
-from mid_metric.functional import clip_r_precision, infonce
+from mid_metric.functional import _similarity, clip_r_precision, infonce
 from mid_metric.functional._similarity import (
     block_rows,
     float32_score_error,
@@ -31,6 +31,11 @@ infonce_module = importlib.import_module("mid_metric.functional.infonce")
 M, D = 3000, 64
 # caption -> its number of near-copies (rows with 40 of them are recomputed whole; 6 wrap around the end)
 GROUPS = {0: 40, 600: 12, 1100: 12, 1400: 40, 1900: 12, 2400: 12, 2990: 6}
+
+
+@pytest.fixture(autouse=True)
+def several_blocks(monkeypatch):
+    monkeypatch.setattr(_similarity, "BLOCK_ELEMENTS", 1 << 21)  # 699 rows a block at M = 3000
 
 
 def _nudged(row: torch.Tensor, generator: torch.Generator, elements: int = 3) -> torch.Tensor:

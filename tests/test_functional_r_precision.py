@@ -8,7 +8,7 @@ import pytest
 import torch
 from companion_refs import OfficialRPrecisionTwin, aligned_pairs, naive_r_precision, naive_r_precision_per_pair
 
-from mid_metric.functional import clip_r_precision
+from mid_metric.functional import _similarity, clip_r_precision
 from mid_metric.functional._similarity import block_rows
 from mid_metric.functional.r_precision import r_precision_values
 
@@ -24,7 +24,8 @@ def test_matches_the_formula(negatives, n):
     assert float(value) == pytest.approx(naive_r_precision(images, texts, n, negatives), rel=REL)
 
 
-def test_blockwise_values_match_the_whole_matrix_across_blocks():
+def test_blockwise_values_match_the_whole_matrix_across_blocks(monkeypatch):
+    monkeypatch.setattr(_similarity, "BLOCK_ELEMENTS", 1 << 21)
     images, texts = aligned_pairs(3000, 32, noise=1.0, seed=2, duplicates=20)
     assert block_rows(3000) < 3000 / 2  # several blocks, the last one partial
     for negatives in ("replacement", "distinct"):
@@ -75,8 +76,9 @@ def test_ties_count_as_hits_with_replacement_and_as_misses_with_distinct_negativ
     assert float(clip_r_precision(images, texts, negatives="distinct")) == 0.0
 
 
-def test_a_duplicate_of_the_matching_caption_ties_wherever_it_is():
+def test_a_duplicate_of_the_matching_caption_ties_wherever_it_is(monkeypatch):
     # Two copies of one caption, at the two ends of a set spanning several blocks: both tie exactly.
+    monkeypatch.setattr(_similarity, "BLOCK_ELEMENTS", 1 << 21)
     images, texts = aligned_pairs(2500, 16, noise=0.3, seed=7)
     texts[-1] = texts[0]
     images[0] = texts[0]

@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-#: Number of scores per block (``rows * M``): 2**22, i.e. 16 MiB of float32 scores.
+#: Number of scores per block (``rows * M``): 2**22, i.e. 16 MiB of float32 scores (32 MiB in float64).
 BLOCK_ELEMENTS = 1 << 22
 #: A block row is recomputed whole, by one float64 product, when more than this fraction of its scores is uncertain
 #: (recomputing the entries one by one then costs more: each reads a caption row from memory).
@@ -42,8 +42,10 @@ PAIR_CHUNK = 2048
 def unit_rows(features: Tensor) -> Tensor:
     """Return the rows of ``features`` in float64, scaled to unit L2 norm (a zero row stays zero).
 
-    Each row is first divided by its largest magnitude, so that its norm is taken from values in ``[-1, 1]`` (at
-    least one of them of magnitude 1): it can neither underflow nor overflow, whatever the scale of the row.
+    A float64 row is first divided by its largest magnitude, so that its norm is taken from values in ``[-1, 1]``
+    (at least one of them of magnitude 1): it can neither underflow nor overflow, whatever the scale of the row.
+    Narrower rows (float16, bfloat16, float32) need no such step: their squares neither underflow nor overflow in
+    float64. Either way, a row and the row times a power of two give the same unit row, bit for bit.
 
     Example:
         >>> unit_rows(torch.tensor([[3.0, 4.0]])).tolist()
@@ -52,10 +54,11 @@ def unit_rows(features: Tensor) -> Tensor:
         [[0.6, 0.8], [0.6, 0.8]]
     """
     rows = features.to(torch.float64, copy=True)  # one allocation: scaled in place
-    largest = torch.linalg.vector_norm(rows, ord=math.inf, dim=1, keepdim=True)
-    rows.div_(torch.where(largest > 0, largest, 1.0))
-    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)  # in [1, sqrt(D)], or 0 for a zero row
-    return rows.div_(torch.where(norms > 0, norms, 1.0))
+    if features.dtype == torch.float64:
+        largest = torch.linalg.vector_norm(rows, ord=math.inf, dim=1, keepdim=True)
+        rows.div_(torch.where(largest > 0, largest, 1.0))
+    norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)  # 0 only for a zero row
+    return rows.div_(norms.clamp_(min=math.ulp(0.0)))  # a zero row stays zero
 
 
 def stored_rows(features: Tensor) -> Tensor:
@@ -188,14 +191,6 @@ def exact_pair_scores(images: Tensor, captions: Tensor, rows: Tensor, columns: T
     return out
 
 
-def _float32_outward(values: Tensor, down: bool) -> Tensor:
-    """Round float64 ``values`` to float32, down (``down=True``) or up, so that the result is on the safe side."""
-    rounded = values.to(torch.float32)
-    wrong = rounded.double() > values if down else rounded.double() < values
-    beyond = torch.full_like(rounded, -math.inf if down else math.inf)
-    return torch.where(wrong, torch.nextafter(rounded, beyond), rounded)
-
-
 class ScoreBlock:
     """The scores of a block of images against all ``M`` captions.
 
@@ -221,11 +216,15 @@ class ScoreBlock:
             self.matching = _row_dots(images, captions[start : start + scores.shape[0]])
 
     def _bounds(self, values: Tensor, down: bool) -> Tensor:
-        """Per-row ``(rows, 1)`` bounds in the dtype of ``scores``: ``values -/+ error``, rounded outward."""
+        """Per-row ``(rows, 1)`` bounds in the dtype of ``scores``: ``values -/+ error``, on the safe side.
+
+        In float32, ``error`` is widened by ``2^-23`` (a float32 ulp of a number below 2, so more than the rounding
+        of such a bound to the nearest float32): cosines and the thresholds built from them stay below 2.
+        """
         if self.error == 0:
             return values.unsqueeze(1)
-        shifted = values - self.error if down else values + self.error
-        return _float32_outward(shifted, down).unsqueeze(1)
+        margin = self.error + 2.0**-23
+        return (values - margin if down else values + margin).to(torch.float32).unsqueeze(1)
 
     def exact_scores(self, rows: Tensor, columns: Tensor) -> Tensor:
         """The float64 scores of the entries ``(rows[i], columns[i])`` of the block (``scores`` where float64)."""

@@ -352,21 +352,19 @@ class StoredPairsMetric(CompanionMetric):
                 f"{type(self).__name__} gathered {count} candidate pairs from all processes, above `max_samples` ="
                 f" {self.max_samples}. Give each process at most max_samples / world_size pairs, or raise the cap."
             )
-        values = self._values(*self._images_and_unit_captions(parts, count))
+        values = self._values(*self._images_and_unit_captions(parts))
         self._last_per_sample = values
         return values.mean()
 
-    def _images_and_unit_captions(self, parts: list[Tensor], count: int) -> tuple[Tensor, Tensor]:
+    def _images_and_unit_captions(self, parts: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The stored image features (float32 ``(M, Dx)``) and the captions as unit float64 rows ``(M, Dy)``.
 
-        Both are filled piece by piece, so that no float32 copy of the whole ``[image; text]`` rows is made.
+        Each is gathered from the stored parts in one step (no copy of the whole ``[image; text]`` rows is made).
         """
-        images = torch.empty(count, self.image_dim, dtype=torch.float32, device=self.device)
-        captions = torch.empty(count, self.text_dim, dtype=torch.float64, device=self.device)
-        start = 0
-        for part in parts:
-            stop = start + part.shape[0]
-            images[start:stop] = part[:, : self.image_dim]
-            captions[start:stop] = unit_rows(part[:, self.image_dim :])
-            start = stop
-        return images, captions
+        if not parts:
+            return (
+                torch.empty(0, self.image_dim, dtype=torch.float32, device=self.device),
+                torch.empty(0, self.text_dim, dtype=torch.float64, device=self.device),
+            )
+        images = torch.cat([part[:, : self.image_dim] for part in parts])
+        return images, unit_rows(torch.cat([part[:, self.image_dim :] for part in parts]))
