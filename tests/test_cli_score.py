@@ -319,7 +319,9 @@ def test_score_without_mid_and_bad_metric_names(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*base, "--metrics", "mid,fid"])
     assert exit_info.value.code == 2
-    assert "expected a comma-separated list of mid, clip-score, r-precision, infonce" in capsys.readouterr().err
+    assert (
+        "expected a comma-separated list of mid, clip-score, r-precision, infonce, fd, cmmd" in capsys.readouterr().err
+    )
 
 
 def test_bias_correction_jackknife_with_reference_pairs(tmp_path, capsys):
