@@ -29,9 +29,11 @@ class CLIPRPrecision(StoredPairsMetric):
 
     Scores within :data:`~mid_metric.functional.r_precision.TIE_TOLERANCE` (1e-12) of each other tie. The
     candidate features are kept in float32 (see :class:`~mid_metric.metrics._companion.StoredPairsMetric`: at most
-    ``max_samples`` pairs, gathered once at ``compute()`` under DDP) and scored a block of images at a time in
-    float64, so memory stays ``O(M D)``, never ``O(M^2)``. Batches passed with ``real=True`` are skipped. Under DDP,
-    ``compute()`` and :meth:`per_sample` are collectives: call them on every rank.
+    ``max_samples`` pairs, gathered once at ``compute()`` under DDP) and scored a block of images at a time, so
+    memory stays ``O(M D)``, never ``O(M^2)``. The blocks are float32 products; every score within their error
+    bound of a pair's threshold is recomputed in float64, so the counts are exactly those of the float64 scores.
+    Batches passed with ``real=True`` are skipped. Under DDP, ``compute()`` and :meth:`per_sample` are
+    collectives: call them on every rank.
 
     Args:
         feature: Feature size (an int, or equal ``(image_dim, text_dim)``) or a feature extractor.
