@@ -84,8 +84,14 @@ _COMPANIONS = {
 }
 
 
-def _companion_scores(names: tuple[str, ...], candidates: Features, dims: tuple[int, int]) -> dict[str, Any]:
-    """Compute each requested companion metric on the candidates' features: ``{name: (value, per-sample values)}``."""
+def _companion_scores(
+    names: tuple[str, ...], candidates: Features, dims: tuple[int, int], device: torch.device
+) -> dict[str, Any]:
+    """Compute each requested companion metric on the candidates' features: ``{name: (value, per-sample values)}``.
+
+    The metrics run on ``device``, the model's (``--device``): R-precision and InfoNCE score every pair against
+    every caption, a matrix product that a GPU computes far faster.
+    """
     from mid_metric import metrics
 
     scores = {}
@@ -93,7 +99,7 @@ def _companion_scores(names: tuple[str, ...], candidates: Features, dims: tuple[
         if name == "mid" or name in QUALITY_METRICS:
             continue
         options = {} if name == "clip-score" else {"max_samples": max(len(candidates), 1)}  # all of them, no cap
-        metric = getattr(metrics, _COMPANIONS[name][0])(feature=dims, **options)
+        metric = getattr(metrics, _COMPANIONS[name][0])(feature=dims, **options).to(device)
         metric.update(candidates.images, candidates.texts)
         scores[name] = (float(metric.compute()), metric.per_sample())
     return scores
@@ -346,7 +352,7 @@ def run_score(args: argparse.Namespace) -> int:
     else:  # the counts, for the report
         report.update({"num_reference": num_reference, "num_candidates": len(candidates)})
     with library_errors():
-        companions = _companion_scores(args.metrics, candidates, (image_dim, text_dim))
+        companions = _companion_scores(args.metrics, candidates, (image_dim, text_dim), torch.device(args.device))
         quality = quality_scores(
             args.metrics,
             (image_dim, text_dim),
