@@ -166,7 +166,9 @@ def test_the_jackknife_of_mid_jackknifes_fd_with_the_same_groups(features, capsy
     text = run_cli(_score(features, "--metrics", "fd", *groups, "-q"), capsys)
     assert f"FD (bias-corrected jackknife): {entry['value']:.6f}" in text and "95% confidence interval" in text
     # 'gaussian' has no FD counterpart: alone with fd it is refused, with mid it leaves fd at its plug-in value.
-    fail(_score(features, "--metrics", "fd", "--bias-correction", "gaussian"), capsys, "--bias-correction gaussian")
+    fail(_score(features, "--metrics", "fd", "--bias-correction", "gaussian"), capsys, "--bias-correction jackknife")
+    line = fail(_score(features, "--metrics", "clip-score,cmmd", *groups), capsys, "none of --metrics clip-score,cmmd")
+    assert "mid" not in line.replace("mid-metric", "") and "fd" not in line
     mixed = json.loads(run_cli(_score(features, "--metrics", "mid,fd", "--bias-correction", "--json", "-q"), capsys))
     assert mixed["metrics"]["fd"]["estimator"] == "plug-in" and mixed["bias_corrected"] is True
 

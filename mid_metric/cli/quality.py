@@ -38,7 +38,7 @@ def check_quality_options(args: argparse.Namespace) -> None:
     if args.per_sample and all(name in QUALITY_METRICS for name in args.metrics):
         raise CommandError(
             f"--per-sample writes one value per candidate pair, but --metrics {','.join(args.metrics)} gives one value"
-            " for the whole set: drop --per-sample, or add a per-sample metric (mid, clip-score, r-precision, infonce)."
+            " for the whole set (no per-sample column): drop --per-sample, or add a per-sample metric to --metrics."
         )
 
 

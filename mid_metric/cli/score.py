@@ -193,10 +193,14 @@ def _check_options(args: argparse.Namespace) -> None:
         )
     jackknifes_fd = args.bias_correction == "jackknife" and "fd" in args.metrics
     if args.bias_correction and "mid" not in args.metrics and not jackknifes_fd:
-        changes = "mid and fd" if args.bias_correction == "jackknife" else "the mid metric only"
+        if "fd" in args.metrics:
+            raise CommandError(
+                "--bias-correction gaussian has no form for fd, whose bias-corrected value is --bias-correction"
+                " jackknife's: pass that, or drop --bias-correction."
+            )
         raise CommandError(
-            f"--bias-correction {args.bias_correction} changes {changes}, which --metrics {','.join(args.metrics)}"
-            " does not compute: drop --bias-correction, or add such a metric to --metrics."
+            f"--bias-correction changes none of --metrics {','.join(args.metrics)}: drop it, or see --help for the"
+            " metrics it changes."
         )
     if args.bias_correction != "jackknife":
         for option, value in (("--jackknife-key", args.jackknife_key), ("--jackknife-groups", args.jackknife_groups)):
