@@ -304,8 +304,8 @@ def _add_score_command(commands: Any) -> None:
         " README): 'gaussian' (the default of the flag) or 'jackknife' (also for non-Gaussian features; needs"
         " --reference-pairs, since reference files hold no jackknife groups). Published MID numbers use the"
         " paper's uncorrected estimator, the default. Needs --eps 0. 'jackknife' jackknifes fd too, with an"
-        " interval (images grouped by caption under --jackknife-key text, else by image); 'gaussian' leaves fd at"
-        " its plug-in value",
+        " interval (its images grouped by caption where MID's key is text, by image otherwise); 'gaussian' leaves"
+        " fd at its plug-in value",
     )
     score.add_argument(
         "--jackknife-key",
