@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Optional
 
+import torch
 from torch import Tensor
 
 from mid_metric.cli.parser import CommandError
@@ -59,6 +60,7 @@ def quality_scores(
     reference_file: Optional[str],
     candidates: tuple[Tensor, Tensor, str],
     mid_options: dict[str, Any],
+    device: torch.device,
 ) -> dict[str, dict[str, Any]]:
     """Compute each requested quality metric: ``{name: its JSON entry}`` (``value`` first).
 
@@ -70,6 +72,7 @@ def quality_scores(
         candidates: The candidates' image and text features and their source.
         mid_options: MID's estimator options (``bias_correction``, ``jackknife_key``, ``jackknife_groups``): fd is
             jackknifed when MID's estimator is the jackknife, with the same number of groups.
+        device: Where the metrics run (``--device``, the model's): CMMD's kernel sums are much faster on a GPU.
 
     Raises:
         CommandError: If a group holds too few images for fd.
@@ -79,6 +82,9 @@ def quality_scores(
 
     entries: dict[str, dict[str, Any]] = {}
     images, texts, source = candidates
+    images, texts = images.to(device), texts.to(device)
+    if reference is not None:
+        reference = (reference[0].to(device), reference[1].to(device), reference[2])
     if "fd" in names:
         _check_count(images.shape[0], "candidate images", source)
         options: dict[str, Any] = {}
@@ -86,7 +92,9 @@ def quality_scores(
             options = {"bias_correction": "jackknife", "jackknife_key": _jackknife_key(mid_options)}
             if "jackknife_groups" in mid_options:
                 options["jackknife_groups"] = mid_options["jackknife_groups"]
-        metric = FrechetDistance(feature=dims, reference=reference_file, check_feature_extractor=False, **options)
+        metric = FrechetDistance(feature=dims, check_feature_extractor=False, **options).to(device)
+        if reference_file is not None:
+            metric.load_reference(reference_file)  # onto the metric's device
         if reference is not None:
             _check_count(reference[0].shape[0], "reference images", reference[2])
             metric.update(reference[0], reference[1], real=True)
@@ -106,7 +114,7 @@ def quality_scores(
         }
     if "cmmd" in names and reference is not None:  # check_quality_options refused it with a statistics file
         cap = max(reference[0].shape[0], images.shape[0], 1)  # all of them: the features are in memory already
-        metric = CMMD(feature=dims[0], max_samples=cap)
+        metric = CMMD(feature=dims[0], max_samples=cap).to(device)
         metric.update(reference[0], real=True)
         metric.update(images, real=False)
         entries["cmmd"] = {

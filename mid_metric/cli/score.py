@@ -364,6 +364,7 @@ def run_score(args: argparse.Namespace) -> int:
             args.reference,
             (candidates.images, candidates.texts, str(candidates.source)),
             {"bias_correction": args.bias_correction, **_metric_options(args)},
+            torch.device(args.device),
         )
     report["metrics"] = {
         name: {"value": report["mid"]} if name == "mid" else quality.get(name) or {"value": companions[name][0]}
