@@ -237,6 +237,25 @@ def moved_sums(
     return shifted_sum + count * offset, moved_outer
 
 
+def subtract_symmetric_rank2_lower_(outer: Tensor, first: Tensor, second: Tensor) -> Tensor:
+    """``outer -= first second^T + second first^T`` on the lower triangle (diagonal included), in place.
+
+    Row blocks as in the update: a pass over about half the matrix, with no ``D x D`` temporary (the upper triangle
+    of the diagonal blocks is updated too, the rest of it is left as it was).
+
+    Example:
+        >>> outer = torch.zeros(2, 2, dtype=torch.float64)
+        >>> one = torch.ones(2, dtype=torch.float64)
+        >>> subtract_symmetric_rank2_lower_(outer, one, torch.tensor([1.0, 2.0], dtype=torch.float64)).tril().tolist()
+        [[-2.0, 0.0], [-3.0, -4.0]]
+    """
+    for start, stop in _row_blocks(outer.shape[0], 0):
+        block = outer[start:stop, :stop]
+        block.addr_(first[start:stop], second[:stop], alpha=-1)
+        block.addr_(second[start:stop], first[:stop], alpha=-1)
+    return outer
+
+
 def recentre_due(batches_seen: int) -> bool:
     """Whether to recentre a group's shift after its ``batches_seen``-th batch: after the 1st, 2nd, 4th, 8th, ...
 

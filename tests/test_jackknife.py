@@ -16,7 +16,7 @@ import pytest
 import torch
 from reference_impl import ClipLikeDistribution, ref_corrected_mid, ref_mutual_information
 
-from mid_metric import _checks, jackknife, moments, wishart
+from mid_metric import _checks, gaussian, jackknife, moments, wishart
 from mid_metric import functional as F
 from mid_metric.jackknife import (
     accumulate_groups_,
@@ -397,3 +397,27 @@ def test_study_runs_quickly():
     assert done.returncode == 0, done.stderr[-2000:]
     for title in ("Heavy-tailed pairs", "Number of groups K", "Cost at D = 64 + 64"):
         assert title in done.stdout, title
+
+
+def test_leave_one_out_fits_match_the_subsets_fitted_from_scratch():
+    # Each left-out estimate comes from the full sums minus one group's (lower triangle only) and, for the full
+    # sample, from the caller's fit; it must equal the estimate of the subset's rows accumulated from scratch.
+    g = torch.Generator().manual_seed(11)
+    rho = torch.tensor([0.8, 0.5, 0.3], dtype=F64)
+    x, y, scale = t_pairs(400, rho, 6.0, g)
+    x0 = images_for(y, scale, rho, g)
+    reference_rows, candidate_rows = moments.joint_rows(x, y), moments.joint_rows(x0, y)
+    groups = (group_moments(reference_rows, 3, 5), group_moments(candidate_rows, 3, 5))
+    full_fit = gaussian.reference_from_moments(merge_groups(groups[0]), 3)
+    estimates = jackknife.jackknife_estimates(*groups, image_dim=3, full_reference=full_fit)
+    assert torch.equal(estimates.full, jackknife.jackknife_estimates(*groups, image_dim=3).full)
+    labels = row_groups(reference_rows, 3, 5)
+    for index, k in enumerate(int(k) for k in torch.unique(labels)):
+        keep = labels != k
+        subset = [moments.from_features(reference_rows[keep]), moments.from_features(candidate_rows[keep])]
+        reference = gaussian.reference_from_moments(subset[0], 3)
+        scatter = gaussian.candidate_scatter(reference, subset[1])
+        traces = gaussian.block_traces(reference, scatter)
+        mi, distance = wishart.corrected_terms(reference, subset[1], scatter, traces, shared=estimates.shared)
+        expected = torch.stack([mi + distance, mi, distance])
+        torch.testing.assert_close(estimates.left_out[index], expected, rtol=1e-10, atol=0)

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
-from mid_metric.gaussian import block_traces, candidate_scatter, reference_from_moments
+from mid_metric.gaussian import GaussianReference, block_traces, candidate_scatter, reference_from_moments
 from mid_metric.jackknife.grouping import leave_one_out, merge_groups
 from mid_metric.result import MIDResult
 
@@ -153,10 +153,18 @@ _DETECT = "detect"
 
 
 def _corrected(
-    reference_packed: Tensor, candidate_packed: Tensor, image_dim: int, shared: Optional[str] = _DETECT
+    reference_packed: Tensor,
+    candidate_packed: Tensor,
+    image_dim: int,
+    shared: Optional[str] = _DETECT,
+    reference: Optional[GaussianReference] = None,
 ) -> tuple[Tensor, Optional[str]]:
-    """The Gaussian-corrected ``[MID, I, distance]`` of one (sub)sample, and what its candidates share."""
-    reference = reference_from_moments(reference_packed, image_dim)
+    """The Gaussian-corrected ``[MID, I, distance]`` of one (sub)sample, and what its candidates share.
+
+    ``reference``: the fit of ``reference_packed`` (``eps = 0``) when the caller has it.
+    """
+    if reference is None:
+        reference = reference_from_moments(reference_packed, image_dim)
     scatter = candidate_scatter(reference, candidate_packed)
     traces = block_traces(reference, scatter)
     if shared == _DETECT:
@@ -250,7 +258,12 @@ def _check_groups_keep_sharing(
         )
 
 
-def jackknife_estimates(reference_groups: Tensor, candidate_groups: Tensor, image_dim: int) -> JackknifeEstimates:
+def jackknife_estimates(
+    reference_groups: Tensor,
+    candidate_groups: Tensor,
+    image_dim: int,
+    full_reference: Optional[GaussianReference] = None,
+) -> JackknifeEstimates:
     """Return the Gaussian-corrected MID terms of the full sample and of every leave-one-group-out sample.
 
     Group ``k`` is dropped from the reference and from the candidates at once. Groups without reference rows are
@@ -264,6 +277,8 @@ def jackknife_estimates(reference_groups: Tensor, candidate_groups: Tensor, imag
         reference_groups: ``(K, (D + 1)^2)`` packed moments of the reference rows by group.
         candidate_groups: ``(K, (D + 1)^2)`` packed moments of the candidate rows by group, from the same rule.
         image_dim: ``Dx``.
+        full_reference: The fit (``eps = 0``) of ``merge_groups(reference_groups)``, when the caller has it (the
+            metric's reference fit): it is used as it is instead of fitted again.
 
     Returns:
         :class:`JackknifeEstimates`.
@@ -279,7 +294,7 @@ def jackknife_estimates(reference_groups: Tensor, candidate_groups: Tensor, imag
     reference_counts, candidate_counts = reference_groups[:, 0], candidate_groups[:, 0]
     _check_sizes(reference_counts, candidate_counts, joint_dim)
     reference_full, candidate_full = merge_groups(reference_groups), merge_groups(candidate_groups)
-    full, shared = _corrected(reference_full, candidate_full, image_dim)
+    full, shared = _corrected(reference_full, candidate_full, image_dim, reference=full_reference)
     _check_groups_keep_sharing(reference_groups, candidate_groups, image_dim, shared)
     kept = [k for k in range(reference_groups.shape[0]) if float(reference_counts[k]) > 0]
     left_out = []

@@ -327,7 +327,8 @@ def reduce_group_states(stacked: Tensor) -> Tensor:
 def leave_one_out(full: Tensor, part: Tensor) -> Tensor:
     """Return the packed moments of the rows of ``full`` that are not in ``part`` (one group's state).
 
-    ``part`` is moved to ``full``'s shift (:func:`mid_metric.moments.moved_sums`) and subtracted. The result keeps
+    ``part`` is moved to ``full``'s shift (:func:`mid_metric.moments.moved_sums`) and subtracted, on the lower
+    triangle of ``S2`` only (the upper one is stale, as :mod:`mid_metric.moments` allows). The result keeps
     ``(K - 1) / K`` of the rows, so the subtraction loses no more than rounding: its error is ``eps`` times the
     full sums, as for the sums themselves.
 
@@ -345,11 +346,15 @@ def leave_one_out(full: Tensor, part: Tensor) -> Tensor:
     """
     fields = moments.unpack(full)
     part_fields = moments.unpack(part)
-    moved_sum, moved_outer = moments.moved_sums(*part_fields, fields.shift)
+    # The part about the full shift is S2_p + d w^T + w d^T (moments.moved_sums), subtracted on the lower triangle
+    # only (the only meaningful one): one pass for S2 - S2_p, then two rank-1 updates over half the matrix.
+    offset = part_fields.shift - fields.shift
+    weighted = part_fields.shifted_sum + 0.5 * part_fields.count * offset
     rest = torch.empty_like(full)
     rest_fields = moments.unpack(rest)
     rest_fields.count.copy_(fields.count - part_fields.count)
     rest_fields.shift.copy_(fields.shift)
-    torch.sub(fields.shifted_sum, moved_sum, out=rest_fields.shifted_sum)
-    torch.sub(fields.shifted_outer_sum, moved_outer, out=rest_fields.shifted_outer_sum)
+    torch.sub(fields.shifted_sum, part_fields.shifted_sum + part_fields.count * offset, out=rest_fields.shifted_sum)
+    torch.sub(fields.shifted_outer_sum, part_fields.shifted_outer_sum, out=rest_fields.shifted_outer_sum)
+    moments.subtract_symmetric_rank2_lower_(rest_fields.shifted_outer_sum, offset, weighted)
     return rest

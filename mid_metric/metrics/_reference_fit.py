@@ -36,6 +36,7 @@ class ReferenceFit:
         self._reference: Optional[GaussianReference] = None
         self._precisions: Optional[ReferencePrecisions] = None
         self._uses = 0
+        self._eps = 0.0
 
     def clear(self) -> None:
         """Forget the fit (the statistics it came from changed)."""
@@ -80,9 +81,19 @@ class ReferenceFit:
             self._key = key
             return self._reference
         reference = reference_from_moments(packed, image_dim, eps)
-        self._key, self._snapshot = key, packed.detach().clone()
+        self._key, self._snapshot, self._eps = key, packed.detach().clone(), eps
         self._reference, self._precisions, self._uses = reference, None, 0
         return reference
+
+    def fit_of(self, packed: Tensor, eps: float) -> Optional[GaussianReference]:
+        """The current fit when it was made from statistics equal to ``packed`` with this ``eps``, else ``None``.
+
+        The jackknife's full sample is the reference itself: its fit is taken from here instead of made again.
+        """
+        snapshot = self._snapshot
+        if self._reference is None or snapshot is None or self._eps != eps or snapshot.shape != packed.shape:
+            return None
+        return self._reference if snapshot.device == packed.device and torch.equal(snapshot, packed) else None
 
     def precisions_when_reused(self) -> Optional[ReferencePrecisions]:
         """The precision matrices from the second call on for the current fit; ``None`` on the first call.

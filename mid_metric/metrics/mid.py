@@ -264,7 +264,8 @@ class MutualInformationDivergence(
         reference = self._fitted_reference()
         if self.uses_jackknife:
             groups = (self._stores.reference.state, self._stores.candidate.state)
-            estimates = jackknife.jackknife_estimates(*groups, self.image_dim)
+            full = self._reference_fit.fit_of(self._stores.reference.moments(), 0.0)  # (the full sample's fit)
+            estimates = jackknife.jackknife_estimates(*groups, self.image_dim, full)
             result = estimates.result(level=None)
             self._last = (result, reference, estimates)  # compute_with_ci takes its interval from them
             return result.mid

@@ -1,0 +1,81 @@
+"""``compute()`` of ``bias_correction="jackknife"`` against the plain ``compute()`` (``True``), measured in one run.
+
+    python benchmarks/jackknife_compute.py            # D = 768 per modality, N = 10k, 5 alternating repeats
+    python benchmarks/jackknife_compute.py --quick    # 3 repeats
+
+Both metrics get the same float32 CLIP-like pairs (reference pairs, and candidates generated from the same
+captions, fed in batches of 1024), then ``compute()`` once untimed. A timed ``compute()`` drops the metric's cached
+value first and then computes again from the same statistics, as a second candidate set against the same reference
+would: the plain metric reuses its reference fit (and its precision matrices), and so does the jackknife for its
+full sample, but it fits every leave-one-group-out sample afresh. Both take turns in an order that rotates with
+each repeat, each timed by this process's CPU time (all threads), and the figure is the ratio of the medians.
+Target of issue 23: at most 6 at D = 768.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import clip_like_features, cpu_model, markdown_table, rotated, utc_now  # noqa: E402
+
+from mid_metric import MutualInformationDivergence, __version__  # noqa: E402
+
+CONFIGURATIONS = {"True": True, "jackknife": "jackknife"}
+TARGET = 6.0
+
+
+def fresh_compute(metric: MutualInformationDivergence) -> float:
+    """CPU seconds of one ``compute()`` with the cached value dropped first; returns the time."""
+    metric._computed = None
+    start = time.process_time()
+    metric.compute()
+    return time.process_time() - start
+
+
+def main() -> None:
+    """Time both configurations' ``compute()`` in turns and print the table and the ratio."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dim", type=int, default=768, help="feature size per modality")
+    parser.add_argument("--rows", type=int, default=10_000, help="reference pairs (and as many candidates)")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats")
+    parser.add_argument("--quick", action="store_true", help="3 repeats")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats = 3
+    generator, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
+    images, texts, generated = (clip_like_features(args.rows, args.dim, generator, cpu) for _ in range(3))
+    metrics = {}
+    for name, value in CONFIGURATIONS.items():
+        metric = MutualInformationDivergence(feature=args.dim, bias_correction=value)
+        for start in range(0, args.rows, 1024):
+            rows = slice(start, start + 1024)
+            metric.update_pairs(images[rows], texts[rows], generated[rows])
+        metric.compute()
+        metrics[name] = metric
+    times: dict[str, list[float]] = {name: [] for name in CONFIGURATIONS}
+    for repeat in range(args.repeats):
+        for name in rotated(list(CONFIGURATIONS), repeat):
+            times[name].append(fresh_compute(metrics[name]))
+    medians = {name: statistics.median(seconds) for name, seconds in times.items()}
+    ratio = medians["jackknife"] / medians["True"]
+    print(f"mid-metric {__version__}, torch {torch.__version__}, {cpu_model()}, {torch.get_num_threads()} threads,")
+    print(f"{utc_now()} UTC; D = {args.dim} + {args.dim}, N = M = {args.rows}, {args.repeats} alternating repeats\n")
+    rows = [
+        [f"`{name}`", f"{medians[name]:.3f}", " ".join(f"{t:.3f}" for t in times[name])] for name in CONFIGURATIONS
+    ]
+    print("\n".join(markdown_table(["bias_correction", "compute() CPU s (median)", "CPU s per repeat"], rows)))
+    verdict = "PASS" if ratio <= TARGET else "FAIL"
+    print(f"\n[{verdict}] jackknife / plain compute(): {ratio:.1f} (CPU time; target <= {TARGET:.0f})")
+
+
+if __name__ == "__main__":
+    main()
