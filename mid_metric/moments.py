@@ -107,8 +107,8 @@ def accumulate_(
     Args:
         packed: Packed moments of dimension ``D``, float64.
         features: Batch of shape ``(B, D)``, or its column blocks (such as the image and the text features, which
-            need not be concatenated first); any floating dtype. Each block is cast to float64 and centred on the
-            shift in one pass, written into ``workspace``.
+            need not be concatenated first); any floating dtype. Each block is cast to float64 into ``workspace``
+            and centred on the shift there.
         split: The outer-product update works in row blocks that never straddle column ``split`` (the metrics pass
             ``image_dim``, so the text block has blocks of its own); the result does not depend on it beyond
             rounding.
@@ -143,9 +143,14 @@ def accumulate_(
         workspace = torch.empty(rows, fields.shift.shape[0], dtype=torch.float64, device=packed.device)
     batch = workspace[:rows]
     column = 0
-    for part in parts:  # cast, concatenation and centring in one pass per block
+    for part in parts:  # cast and concatenation in one copy, centring in place (no temporary)
         width = part.shape[1]
-        torch.sub(part, fields.shift[column : column + width], out=batch[:, column : column + width])
+        target, shift = batch[:, column : column + width], fields.shift[column : column + width]
+        if part.dtype == torch.float64:
+            torch.sub(part, shift, out=target)
+        else:  # (a mixed-dtype sub would cast the part into a temporary first)
+            target.copy_(part)
+            target.sub_(shift)
         column += width
     fields.shifted_sum.add_(batch.sum(dim=0))
     _add_gram_(fields.shifted_outer_sum, batch, split, skip_trailing_block)
