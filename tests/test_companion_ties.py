@@ -112,14 +112,16 @@ def test_exact_where_returns_every_entry_that_may_reach_a_bound_with_its_float64
         exact = float64_scores[block.start : block.start + block.scores.shape[0]]
         torch.testing.assert_close(block.matching, exact.diagonal(block.start), rtol=0, atol=1e-15)
         low = block.matching + TIE  # the captions that may score above the matching one
-        rows, columns, values = block.exact_where(low)
-        torch.testing.assert_close(values, exact[rows, columns], rtol=0, atol=1e-15)
+        found = block.exact_where(low)
+        torch.testing.assert_close(found.scores, exact[found.rows, found.columns], rtol=0, atol=1e-15)
+        torch.testing.assert_close(found.whole, exact[found.whole_rows], rtol=0, atol=1e-15)
         left_out = torch.ones_like(exact, dtype=torch.bool)
-        left_out[rows, columns] = False
+        left_out[found.rows, found.columns] = False
+        left_out[found.whole_rows] = False
         assert bool((exact < low.unsqueeze(1))[left_out].all())
-        per_row = torch.bincount(rows, minlength=exact.shape[0])
-        seen_dense |= bool((per_row > 32).any())
-        seen_sparse |= bool(((per_row > 1) & (per_row <= 32)).any())
+        assert not bool(torch.isin(found.rows, found.whole_rows).any())
+        seen_dense |= found.whole_rows.numel() > 0
+        seen_sparse |= bool((torch.bincount(found.rows) > 1).any())
     assert seen_dense and seen_sparse  # rows recomputed whole and entry by entry
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -30,10 +31,10 @@ from torch import Tensor
 
 #: Number of scores per block (``rows * M``): 2**22, i.e. 16 MiB of float32 scores (32 MiB in float64).
 BLOCK_ELEMENTS = 1 << 22
-#: A block row is recomputed whole, by one float64 product, when more than this fraction of its scores is uncertain
-#: (recomputing the entries one by one then costs more: each reads a caption row from memory).
-DENSE_FRACTION = 1 / 64
-#: ... and more than this number of them.
+#: A block row is recomputed whole, by one float64 product, when more than ``max(DENSE_MINIMUM, DENSE_FRACTION * M)``
+#: of its scores are uncertain: recomputing them one by one would then read more caption rows from memory than a
+#: float64 product of the row costs (on CLIP-like features about one score a row is uncertain).
+DENSE_FRACTION = 1 / 256
 DENSE_MINIMUM = 32
 #: Entries recomputed per step of :func:`exact_pair_scores` (two ``(PAIR_CHUNK, D)`` float64 gathers).
 PAIR_CHUNK = 2048
@@ -191,6 +192,25 @@ def exact_pair_scores(images: Tensor, captions: Tensor, rows: Tensor, columns: T
     return out
 
 
+@dataclass
+class Recomputed:
+    """Entries of a :class:`ScoreBlock` recomputed in float64: single entries, and rows recomputed whole.
+
+    Attributes:
+        rows: Block rows of the single entries.
+        columns: Their caption indices.
+        scores: Their float64 scores.
+        whole_rows: Block rows recomputed whole (those with many entries to recompute; none of them is in ``rows``).
+        whole: Their float64 scores, ``(len(whole_rows), M)``.
+    """
+
+    rows: Tensor
+    columns: Tensor
+    scores: Tensor
+    whole_rows: Tensor
+    whole: Tensor
+
+
 class ScoreBlock:
     """The scores of a block of images against all ``M`` captions.
 
@@ -232,59 +252,67 @@ class ScoreBlock:
             return self.scores[rows, columns]
         return exact_pair_scores(self._images, self._captions, rows, columns)
 
-    def exact_where(self, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Every entry whose float64 score may be at least ``low_i``, recomputed: ``(rows, columns, scores)``.
+    def _buffer(self, name: str, dtype: torch.dtype) -> Tensor:
+        """A ``(rows, M)`` buffer of ``dtype`` shared by the blocks (allocated once: no per-block temporaries)."""
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            buffer = self._buffers[name] = torch.empty_like(self._buffers["scores"], dtype=dtype)
+        return buffer[: self.scores.shape[0]]
 
-        Every entry left out has a float64 score below ``low_i``. Rows with many such entries are recomputed whole
-        by one float64 product.
+    def exact_where(self, low: Tensor) -> Recomputed:
+        """Every entry whose float64 score may be at least ``low_i``, recomputed in float64.
+
+        Every entry left out has a float64 score below ``low_i``.
         """
-        return self._recomputed(self.scores >= self._bounds(low, down=True))
+        window = torch.ge(self.scores, self._bounds(low, down=True), out=self._buffer("window", torch.bool))
+        return self._recomputed(window)
 
-    def _recomputed(self, window: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The entries where ``window`` (boolean, like ``scores``) is true, with their float64 scores."""
+    def _recomputed(self, window: Tensor) -> Recomputed:
+        """The entries where ``window`` (boolean, like ``scores``) is true, with their float64 scores.
+
+        A row with more than ``max(DENSE_MINIMUM, DENSE_FRACTION * M)`` of them is recomputed whole.
+        """
         rows, columns = window.nonzero(as_tuple=True)
-        if self.error == 0 or rows.numel() == 0:
-            return rows, columns, self.scores[rows, columns].double()
-        per_row = torch.bincount(rows, minlength=self.scores.shape[0])
-        dense = per_row > max(DENSE_MINIMUM, DENSE_FRACTION * self.scores.shape[1])
-        if not bool(dense.any()):
-            return rows, columns, exact_pair_scores(self._images, self._captions, rows, columns)
-        sparse = ~dense[rows]
-        dense_rows = dense.nonzero(as_tuple=True)[0]
-        whole = torch.matmul(self._images[dense_rows], self._captions.T)  # (dense rows, M) float64
-        whole_rows, whole_columns = window[dense_rows].nonzero(as_tuple=True)
-        sparse_rows, sparse_columns = rows[sparse], columns[sparse]
-        return (
-            torch.cat([sparse_rows, dense_rows[whole_rows]]),
-            torch.cat([sparse_columns, whole_columns]),
-            torch.cat(
-                [
-                    exact_pair_scores(self._images, self._captions, sparse_rows, sparse_columns),
-                    whole[whole_rows, whole_columns],
-                ]
-            ),
-        )
+        whole_rows = torch.empty(0, dtype=torch.long, device=window.device)
+        whole = self.scores.new_empty(0, self.scores.shape[1], dtype=torch.float64)
+        if self.error > 0 and rows.numel() > DENSE_MINIMUM:
+            per_row = torch.bincount(rows, minlength=self.scores.shape[0])
+            dense = per_row > max(DENSE_MINIMUM, DENSE_FRACTION * self.scores.shape[1])
+            whole_rows = dense.nonzero(as_tuple=True)[0]
+            if whole_rows.numel() > 0:
+                whole = torch.matmul(self._images[whole_rows], self._captions.T)  # (rows, M) float64
+                single = ~dense[rows]
+                rows, columns = rows[single], columns[single]
+        return Recomputed(rows, columns, self.exact_scores(rows, columns).double(), whole_rows, whole)
 
     def count_below(self, thresholds: Tensor, inclusive: bool) -> Tensor:
         """``#{k : s_ik <= t_i}`` (``inclusive``) or ``#{k : s_ik < t_i}`` per block row, from the float64 scores.
 
         Entries more than ``error`` from the threshold are counted from ``scores``; the others are recomputed.
+        ``scores`` is overwritten.
         """
-        certain = self.scores < self._bounds(thresholds, down=True)  # float64 score below the threshold
-        window = self.scores <= self._bounds(thresholds, down=False)
-        counts = certain.sum(dim=1)
-        rows, _, exact = self._recomputed(window.logical_xor_(certain))  # within error of the threshold
-        near = exact <= thresholds[rows] if inclusive else exact < thresholds[rows]
-        return counts + torch.bincount(rows[near], minlength=self.scores.shape[0])
+        lower, upper = self._bounds(thresholds, down=True), self._bounds(thresholds, down=False)
+        window = torch.ge(self.scores, lower, out=self._buffer("window", torch.bool))
+        window.logical_and_(torch.le(self.scores, upper, out=self._buffer("below", torch.bool)))
+        found = self._recomputed(window)  # within error of the threshold
+        # 1.0 where the float64 score is certainly below the threshold, written over the scores: a boolean mask's
+        # sum would first copy it to int64 (8 bytes an entry), and float sums of ones are exact below 2^24.
+        counts = torch.lt(self.scores, lower, out=self.scores).sum(dim=1).long()
+        wanted = thresholds[found.rows]
+        near = found.scores <= wanted if inclusive else found.scores < wanted
+        counts += torch.bincount(found.rows[near], minlength=self.scores.shape[0])
+        if found.whole_rows.numel() > 0:
+            wanted = thresholds[found.whole_rows].unsqueeze(1)
+            below = found.whole <= wanted if inclusive else found.whole < wanted
+            counts[found.whole_rows] = below.sum(dim=1)
+        return counts
 
     def shifted(self, top: Tensor) -> Tensor:
-        """``scores - top_i`` per row in float64: in place when float64, else into a buffer shared by the blocks."""
+        """``scores - top_i`` per row in float64: in place when float64, else in a buffer shared by the blocks."""
         if self.scores.dtype == torch.float64:
             return self.scores.sub_(top.unsqueeze(1))
-        buffer = self._buffers.get("float64")
-        if buffer is None:
-            buffer = self._buffers["float64"] = torch.empty_like(self._buffers["scores"], dtype=torch.float64)
-        return torch.sub(self.scores, top.unsqueeze(1), out=buffer[: self.scores.shape[0]])
+        # copy_ converts as it goes; a float32 - float64 operation would first copy the block to float64
+        return self._buffer("float64", torch.float64).copy_(self.scores).sub_(top.unsqueeze(1))
 
 
 def score_blocks(

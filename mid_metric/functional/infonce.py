@@ -43,7 +43,7 @@ from mid_metric._checks import (
     check_pairs,
     check_temperature,
 )
-from mid_metric.functional._similarity import ScoreBlock, score_blocks, stored_scoring_rows
+from mid_metric.functional._similarity import Recomputed, ScoreBlock, score_blocks, stored_scoring_rows
 
 __all__ = ["infonce", "infonce_bound", "infonce_log_probabilities", "check_infonce_temperature"]
 
@@ -93,13 +93,15 @@ def infonce_log_probabilities(
     """
     parts = []
     for block in score_blocks(images, texts, texts_are_unit=texts_are_unit):
-        rows, columns, exact = _exact_entries(block, temperature)
+        found = _exact_entries(block, temperature)
         # The row maximum is among the recomputed entries: exact. Subtracted first, so that the scaled scores are
         # <= 0 (0 at the maximum, so the sum is >= 1) and cannot overflow, whatever the temperature.
-        top = torch.full_like(block.matching, -math.inf).scatter_reduce_(0, rows, exact, "amax")
+        top = torch.full_like(block.matching, -math.inf).scatter_reduce_(0, found.rows, found.scores, "amax")
+        top[found.whole_rows] = found.whole.amax(dim=1)
         top = torch.maximum(top, block.matching)
         scores = block.shifted(top)  # float64
-        scores[rows, columns] = exact - top[rows]
+        scores[found.rows, found.columns] = found.scores - top[found.rows]
+        scores[found.whole_rows] = found.whole - top[found.whole_rows].unsqueeze(1)
         local = torch.arange(scores.shape[0], device=scores.device)
         matching = block.matching - top
         scores[local, local + block.start] = matching
@@ -110,25 +112,24 @@ def infonce_log_probabilities(
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=images.device)
 
 
-def _exact_entries(block: ScoreBlock, temperature: float) -> tuple[Tensor, Tensor, Tensor]:
-    """The block's entries to take in float64: ``(rows, columns, scores)``.
+def _exact_entries(block: ScoreBlock, temperature: float) -> Recomputed:
+    """The block's entries to take in float64.
 
     They are every entry that may be its row's largest score (the others are more than the float32 error below
     it), so that the row maximum is exact and a tiny temperature gives the exact limit; and, at a temperature below
     ``2 / log M``, each row's :data:`HEAVY_CAPTIONS` highest scores, which may carry most of its weight.
     """
-    rows, columns, exact = block.exact_where(block.scores.amax(dim=1).double() - block.error)
+    found = block.exact_where(block.scores.amax(dim=1).double() - block.error)
     count = block.scores.shape[1]
     if block.error == 0 or count < 2 or 2 / temperature <= math.log(count):
-        return rows, columns, exact
+        return found
     heavy = block.scores.topk(min(HEAVY_CAPTIONS, count), dim=1).indices
     heavy_rows = torch.arange(heavy.shape[0], device=heavy.device).repeat_interleave(heavy.shape[1])
     heavy_columns = heavy.flatten()
-    return (
-        torch.cat([rows, heavy_rows]),
-        torch.cat([columns, heavy_columns]),
-        torch.cat([exact, block.exact_scores(heavy_rows, heavy_columns)]),
-    )
+    found.rows = torch.cat([found.rows, heavy_rows])
+    found.columns = torch.cat([found.columns, heavy_columns])
+    found.scores = torch.cat([found.scores, block.exact_scores(heavy_rows, heavy_columns)])
+    return found  # a row recomputed whole is written after the single entries, so it wins
 
 
 def _checked(images: object, texts: object, temperature: object) -> tuple[Tensor, Tensor, float]:
