@@ -15,7 +15,8 @@ compute is the same). Each configuration encodes every image of the pairs file:
 - **baseline**: a plain ``DataLoader`` whose dataset opens an image, converts it to RGB and preprocesses it, with
   the default collate function, and the same model call;
 - **0.3.1**: decoding in the workers and the preprocessing in the main process, as 0.3.1's command line did (the
-  processor handed float images, ``do_rescale=False``).
+  processor handed float images, ``do_rescale=False``; OpenAI's and the text-to-image steps on all of torch's
+  threads), for the choices 0.3.1 had.
 
 Each is timed for every ``--preprocess`` choice, at 0, 1 and 2 workers and at the automatic default (the usable
 cores less one, at most 8), worker start-up included. The configurations take turns in an order that rotates with
@@ -47,7 +48,12 @@ from mid_metric import __version__  # noqa: E402
 from mid_metric.cli.encoding import encode_images  # noqa: E402
 from mid_metric.cli.values import automatic_workers, usable_cores  # noqa: E402
 from mid_metric.features.inputs import images_to_float_list  # noqa: E402
-from mid_metric.features.preprocess import PREPROCESSING  # noqa: E402
+from mid_metric.features.preprocess import (  # noqa: E402
+    PREPROCESSING,
+    _openai_batch,
+    _text_to_image_batch,
+    to_pil_images,
+)
 from mid_metric.io.pairs import read_pairs  # noqa: E402
 
 #: Targets of issue 23: the cli path at equal workers against the baseline; 2 workers against 0.
@@ -175,10 +181,15 @@ def run_031(paths: list[Path], extractor: Any, workers: int, device: str, batch:
         if extractor.preprocess == "processor":
             floats = images_to_float_list(images)
             pixels = extractor.processor.image_processor(images=floats, do_rescale=False, return_tensors="pt")
-            chunks.append(extractor.encode_pixels(pixels["pixel_values"]).float().cpu())
-        else:
-            chunks.append(extractor.encode_images(images).float().cpu())
+            pixels = pixels["pixel_values"]
+        else:  # 0.3.1's code: the same steps on the process's torch threads (the package runs them on one)
+            pixels = OLD_BATCHES[extractor.preprocess](to_pil_images(images), extractor.image_size)
+        chunks.append(extractor.encode_pixels(pixels).float().cpu())
     return torch.cat(chunks)
+
+
+#: The preprocessing of 0.3.1 for the choices it had, as it ran: on all of torch's threads.
+OLD_BATCHES = {"openai": _openai_batch.__wrapped__, "mid-t2i": _text_to_image_batch.__wrapped__}
 
 
 # ------------------------------------------------------------------------------------------------- the run
@@ -223,18 +234,21 @@ def main() -> None:
         for choice in options.preprocess
         for workers in worker_counts
         for path in runners
-        if not (path == "0.3.1" and workers not in (0, 2))
+        if not (path == "0.3.1" and (workers not in (0, 2) or choice not in ("processor", *OLD_BATCHES)))
     ]
     seconds: dict[tuple[str, str, int], list[float]] = {key: [] for key in configurations}
+    cpu: dict[tuple[str, str, int], list[float]] = {key: [] for key in configurations if key[2] == 0}
     features: dict[tuple[str, int], torch.Tensor] = {}
     for repeat in range(options.repeats):
         for path, choice, workers in rotated(configurations, repeat * 7):
             source = table if path == "cli" else paths
-            begin = time.perf_counter()
+            begin, begin_cpu = time.perf_counter(), time.process_time()
             out = runners[path](source, extractors[choice], workers, options.device, options.batch_size)
             if options.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds[(path, choice, workers)].append(time.perf_counter() - begin)
+            if workers == 0:  # all the work in this process: its CPU time, which other processes do not inflate
+                cpu[(path, choice, workers)].append(time.process_time() - begin_cpu)
             if path == "cli":
                 features[(choice, workers)] = out
         print(f"repeat {repeat + 1}/{options.repeats} done", flush=True)
@@ -251,6 +265,13 @@ def main() -> None:
                 + ([f"{old:.0f}", f"{cli / old:.2f}"] if old else ["", ""])
             )
     header = ["--preprocess", "workers", "cli img/s", "baseline img/s", "cli / baseline", "0.3.1 img/s", "cli / 0.3.1"]
+    cpu_ms = {key: 1000 * statistics.median(values) / options.images for key, values in cpu.items()}
+    cpu_rows = [
+        [choice]
+        + [f"{cpu_ms[(path, choice, 0)]:.2f}" if (path, choice, 0) in cpu_ms else "" for path in runners]
+        + [f"{cpu_ms[('0.3.1', choice, 0)] / cpu_ms[('cli', choice, 0)]:.2f}" if ("0.3.1", choice, 0) in cpu_ms else ""]
+        for choice in options.preprocess
+    ]
     model_name = "ViT-L/14-sized CLIP (random weights)" if options.real_size else "tiny CLIP (input 224)"
     device = options.device if not options.device.startswith("cuda") else torch.cuda.get_device_name()
     lines = [
@@ -262,6 +283,10 @@ def main() -> None:
         f" mid-metric {__version__}, {utc_now()} UTC.",
         "",
         *markdown_table(header, rows),
+        "",
+        "CPU time per image at 0 workers (all the work in one process; ms, median):",
+        "",
+        *markdown_table(["--preprocess", *(f"{path} ms" for path in runners), "0.3.1 / cli"], cpu_rows),
         "",
     ]
     verdicts = []

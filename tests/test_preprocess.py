@@ -122,8 +122,8 @@ def test_extractor_uses_the_chosen_pipeline(clip_dir):
 
 
 def test_unknown_preprocess_is_refused(clip_dir):
-    assert PREPROCESSING == ("processor", "openai", "mid-t2i")
-    with pytest.raises(ValueError, match="`preprocess` must be one of 'processor', 'openai', 'mid-t2i'"):
+    assert PREPROCESSING == ("processor", "openai", "mid-t2i", "cmmd")
+    with pytest.raises(ValueError, match="`preprocess` must be one of 'processor', 'openai', 'mid-t2i', 'cmmd'"):
         load_clip(str(clip_dir), preprocess="torchvision")
 
 

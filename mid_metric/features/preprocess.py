@@ -35,8 +35,9 @@ pixel values, which the command line runs in its DataLoader workers; :func:`open
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -165,6 +166,30 @@ def to_pil_images(images: ImageBatch) -> list[Any]:
     return converted
 
 
+def _on_one_thread(batch_function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Run a preprocessing function on one torch thread, then give the caller its thread count back.
+
+    A preprocessing is many small operations on one image at a time: several threads gain little on them and lose
+    much when the cores are busy (each operation waits for its slowest thread, e.g. while loader workers use the
+    other cores). One thread also gives the same bits everywhere: torch's bilinear kernel splits its work between
+    its threads, and where a split falls changes the last bit of some values, so the main process (many threads)
+    and a DataLoader worker (one) would disagree.
+    """
+
+    @functools.wraps(batch_function)
+    def on_one_thread(*args: Any) -> Tensor:
+        threads = torch.get_num_threads()
+        if threads == 1:
+            return batch_function(*args)
+        torch.set_num_threads(1)
+        try:
+            return batch_function(*args)
+        finally:
+            torch.set_num_threads(threads)
+
+    return on_one_thread
+
+
 def _resize_and_crop(image: Any, side: int, resample: int) -> Any:
     """Resize the short side of a PIL image to ``side`` with ``resample``, then crop the centred square."""
     width, height = resized_size(image.size[0], image.size[1], side)
@@ -210,6 +235,7 @@ def openai_pixels(images: ImageBatch, size: int) -> Tensor:
     return _openai_batch(to_pil_images(images), size)
 
 
+@_on_one_thread
 def _openai_batch(pictures: Sequence[Any], size: int) -> Tensor:
     """:func:`openai_pixels` of 8-bit PIL images."""
     from PIL import Image
@@ -243,6 +269,7 @@ def text_to_image_pixels(images: ImageBatch, size: int) -> Tensor:
     return _text_to_image_batch(to_pil_images(images), size)
 
 
+@_on_one_thread
 def _text_to_image_batch(pictures: Sequence[Any], size: int) -> Tensor:
     """:func:`text_to_image_pixels` of 8-bit PIL images."""
     from PIL import Image
@@ -252,7 +279,9 @@ def _text_to_image_batch(pictures: Sequence[Any], size: int) -> Tensor:
     side = TEXT_TO_IMAGE_SIDE
     batch = torch.stack([_to_unit_tensor(_resize_and_crop(image, side, Image.BILINEAR)) for image in pictures])
     if size != side:
-        batch = _bilinear_one_thread(batch, size)
+        batch = torch.nn.functional.interpolate(
+            batch, size=(size, size), mode="bilinear", align_corners=False, antialias=False
+        )
     return _normalise(batch)
 
 
@@ -293,6 +322,7 @@ def cmmd_pixels(images: ImageBatch, size: int) -> Tensor:
     return _cmmd_batch(to_pil_images(images), size)
 
 
+@_on_one_thread
 def _cmmd_batch(pictures: Sequence[Any], size: int) -> Tensor:
     """:func:`cmmd_pixels` of 8-bit PIL images."""
     from PIL import Image
@@ -304,20 +334,10 @@ def _cmmd_batch(pictures: Sequence[Any], size: int) -> Tensor:
     return _normalise(torch.stack([_to_unit_tensor(image) for image in squares]))
 
 
-def _bilinear_one_thread(batch: Tensor, size: int) -> Tensor:
-    """Bilinear resize of a batch to ``size x size`` without antialiasing, computed on one thread.
-
-    torch's CPU kernel splits the work between its threads, and where a split falls changes the last bit of some
-    values; one thread gives the same pixels in a DataLoader worker (one thread) as in the main process.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.nn.functional.interpolate(
-            batch, size=(size, size), mode="bilinear", align_corners=False, antialias=False
-        )
-    finally:
-        torch.set_num_threads(threads)
+@_on_one_thread
+def _processor_batch(image_processor: Any, pictures: Sequence[Any]) -> Tensor:
+    """The image processor's pixel values of 8-bit PIL images, handed over in RGB."""
+    return image_processor(images=[picture.convert("RGB") for picture in pictures], return_tensors="pt")["pixel_values"]
 
 
 class PixelPipeline:
@@ -362,8 +382,7 @@ class PixelPipeline:
             return _text_to_image_batch(pictures, self.size)  # type: ignore[arg-type]
         if self.preprocess == "cmmd":
             return _cmmd_batch(pictures, self.size)  # type: ignore[arg-type]
-        rgb = [picture.convert("RGB") for picture in pictures]
-        return self.image_processor(images=rgb, return_tensors="pt")["pixel_values"]
+        return _processor_batch(self.image_processor, pictures)
 
     def __repr__(self) -> str:
         return f"PixelPipeline({self.preprocess!r}, size={self.size!r})"
