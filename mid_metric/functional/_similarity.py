@@ -307,12 +307,16 @@ class ScoreBlock:
             counts[found.whole_rows] = below.sum(dim=1)
         return counts
 
-    def shifted(self, top: Tensor) -> Tensor:
-        """``scores - top_i`` per row in float64: in place when float64, else in a buffer shared by the blocks."""
-        if self.scores.dtype == torch.float64:
-            return self.scores.sub_(top.unsqueeze(1))
-        # copy_ converts as it goes; a float32 - float64 operation would first copy the block to float64
-        return self._buffer("float64", torch.float64).copy_(self.scores).sub_(top.unsqueeze(1))
+    def shifted(self, top: Optional[Tensor]) -> Tensor:
+        """``scores - top_i`` per row (``scores`` when ``top`` is None) in float64.
+
+        In place when ``scores`` is float64, else in a buffer shared by the blocks (``copy_`` converts as it goes;
+        a float32 - float64 operation would first copy the block to float64).
+        """
+        scores = self.scores if self.scores.dtype == torch.float64 else self._buffer("float64", torch.float64)
+        if scores is not self.scores:
+            scores.copy_(self.scores)
+        return scores if top is None else scores.sub_(top.unsqueeze(1))
 
 
 def score_blocks(

@@ -93,17 +93,27 @@ def infonce_log_probabilities(
     """
     parts = []
     for block in score_blocks(images, texts, texts_are_unit=texts_are_unit):
-        found = _exact_entries(block, temperature)
-        # The row maximum is among the recomputed entries: exact. Subtracted first, so that the scaled scores are
-        # <= 0 (0 at the maximum, so the sum is >= 1) and cannot overflow, whatever the temperature.
-        top = torch.full_like(block.matching, -math.inf).scatter_reduce_(0, found.rows, found.scores, "amax")
-        top[found.whole_rows] = found.whole.amax(dim=1)
-        top = torch.maximum(top, block.matching)
-        scores = block.shifted(top)  # float64
-        scores[found.rows, found.columns] = found.scores - top[found.rows]
-        scores[found.whole_rows] = found.whole - top[found.whole_rows].unsqueeze(1)
+        count = block.scores.shape[1]
+        matching = block.matching
+        if count > 1 and 2 / temperature <= math.log(count):
+            # Each weight is within a factor e^(2 / tau) <= M of the others, so no float32 score's error weighs much,
+            # and |s / tau| <= log(M) / 2: the exponentials can neither overflow nor underflow, with no shift.
+            scores = block.shifted(None)  # float64
+        else:
+            # One caption may carry much of a row's weight: the scores near the top are recomputed, the exact row
+            # maximum is subtracted first, so that the scaled scores are <= 0 (0 at the maximum, so the sum is >= 1)
+            # and cannot overflow, whatever the temperature.
+            found = _exact_entries(block)
+            top = torch.full_like(matching, -math.inf).scatter_reduce_(0, found.rows, found.scores, "amax")
+            if found.whole_rows.numel() > 0:
+                top[found.whole_rows] = found.whole.amax(dim=1)
+            top = torch.maximum(top, matching)
+            scores = block.shifted(top)  # float64
+            scores[found.rows, found.columns] = found.scores - top[found.rows]
+            if found.whole_rows.numel() > 0:  # after the single entries: a row recomputed whole wins
+                scores[found.whole_rows] = found.whole - top[found.whole_rows].unsqueeze(1)
+            matching = matching - top
         local = torch.arange(scores.shape[0], device=scores.device)
-        matching = block.matching - top
         scores[local, local + block.start] = matching
         if temperature != 1.0:
             scores.div_(temperature)
@@ -112,24 +122,25 @@ def infonce_log_probabilities(
     return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64, device=images.device)
 
 
-def _exact_entries(block: ScoreBlock, temperature: float) -> Recomputed:
-    """The block's entries to take in float64.
+def _exact_entries(block: ScoreBlock) -> Recomputed:
+    """The block's entries to take in float64 at a temperature below ``2 / log M``.
 
     They are every entry that may be its row's largest score (the others are more than the float32 error below
-    it), so that the row maximum is exact and a tiny temperature gives the exact limit; and, at a temperature below
-    ``2 / log M``, each row's :data:`HEAVY_CAPTIONS` highest scores, which may carry most of its weight.
+    it), so that the row maximum is exact and a tiny temperature gives the exact limit; and each row's
+    :data:`HEAVY_CAPTIONS` highest scores, which may carry most of its weight. None for float64 scores, which are
+    exact: only the row maximum is then taken.
     """
     found = block.exact_where(block.scores.amax(dim=1).double() - block.error)
-    count = block.scores.shape[1]
-    if block.error == 0 or count < 2 or 2 / temperature <= math.log(count):
+    if block.error == 0:
         return found
+    count = block.scores.shape[1]
     heavy = block.scores.topk(min(HEAVY_CAPTIONS, count), dim=1).indices
     heavy_rows = torch.arange(heavy.shape[0], device=heavy.device).repeat_interleave(heavy.shape[1])
     heavy_columns = heavy.flatten()
     found.rows = torch.cat([found.rows, heavy_rows])
     found.columns = torch.cat([found.columns, heavy_columns])
     found.scores = torch.cat([found.scores, block.exact_scores(heavy_rows, heavy_columns)])
-    return found  # a row recomputed whole is written after the single entries, so it wins
+    return found
 
 
 def _checked(images: object, texts: object, temperature: object) -> tuple[Tensor, Tensor, float]:
