@@ -62,8 +62,8 @@ NOTES = """## Notes
   first table. The GEMM rate measured here is the machine's float64 peak *under that load*.
 - **Performance work, before -> after** (the *previous* columns are measured in the same run):
   - *Update*: `moments.accumulate_` now adds `C^T C` to the lower triangle of the state only, as a syrk would
-    (`moments._add_gram_`): one GEMM per 192-row block, over the columns up to the block's end, written in place
-    into the state (no temporary J x J matrix): 56% of the flops of the full product at J = 1536. Only the lower
+    (`moments._add_gram_`): one GEMM per 384-row block, over the columns up to the block's end, written in place
+    into the state (no temporary J x J matrix): 62% of the flops of the full product at J = 1536. Only the lower
     triangle of the outer-product sum is kept; `compute()` and reference files rebuild the full matrix from it. The
     previous update was one full GEMM.
   - *compute()*: when the candidate covariance is positive definite (more candidates than dimensions), it is

@@ -158,9 +158,10 @@ def accumulate_(
     return packed
 
 
-# Width of the row blocks of the lower-triangular update in _add_gram_ (fastest on the 2-core CPU of the benchmarks,
-# measured between 128 and 384 at D = 1024, 1536 and 2048).
-_GRAM_BLOCK = 192
+# Width of the row blocks of the lower-triangular update in _add_gram_. On the 2-core CPU of the benchmarks, with the
+# 1024-row flushes of the staging buffer at J = 1536, 384 ran 1.16x MKL's dsyrk against 1.05x for 192 (256: 0.95x,
+# 512: 0.90x), and as fast as 192 with 4096 rows (benchmarks/update_syrk.py, issue 23).
+_GRAM_BLOCK = 384
 
 
 def _row_blocks(dim: int, split: int) -> list[tuple[int, int]]:
@@ -177,7 +178,7 @@ def _add_gram_(outer: Tensor, batch: Tensor, split: int = 0, skip_trailing_block
     The rows are taken in blocks of ``_GRAM_BLOCK`` that do not straddle ``split``; block ``[r0, r1)`` gets one GEMM
     over columns ``[0, r1)`` (two, ``[0, split)`` and ``[split, r1)``, below ``split``), written into a view of the
     state (no temporary ``D x D`` matrix). That is about ``(1 + block / D) / 2`` of the flops of the full product
-    (56% at ``D = 1536``), as a BLAS ``syrk`` would do; the upper triangle is left stale (see the module docstring).
+    (62% at ``D = 1536``), as a BLAS ``syrk`` would do; the upper triangle is left stale (see the module docstring).
     Each entry is computed by a GEMM call of the same shape whatever the other columns hold, so two groups that
     share their trailing columns get bitwise the same ``[split:, split:]`` block, and ``skip_trailing_block`` may
     leave it out.
