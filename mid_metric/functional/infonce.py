@@ -11,18 +11,20 @@ Oord et al. 2018): the negative of the contrastive loss, shifted by ``log M``. B
 at a time, so no ``M x M`` matrix is ever built. ``docs/companion_metrics.md`` relates the bound to MID's
 ``I(X; Y)`` term.
 
-The scores are float32 matrix products (about twice the rate of float64 ones); the log-sum-exp is taken in float64.
-The matching score ``s_jj``, every score that may be a row's largest (within twice
-:func:`~mid_metric.functional._similarity.float32_score_error` of the float32 maximum) and, below a temperature of
-``2 / log M``, each row's :data:`HEAVY_CAPTIONS` highest scores are recomputed in float64: the row maximum is exact,
-and each ``p_jj`` agrees with the float64 computation within a relative :data:`RELATIVE_TOLERANCE` (1e-6; measured
-on CLIP-like features at D = 768: 4e-9 at ``tau = 1``, 2e-7 at ``tau = 0.01``). The worst-case bound is larger:
+The scores are float32 matrix products (about twice the rate of float64 ones); the log-sum-exp is taken in float64,
+and the matching score ``s_jj`` is always float64. At a temperature of at least ``2 / log M`` every weight is within
+a factor ``M`` of the others, so no float32 score's error weighs much. Below it, every score that may be a row's
+largest (within twice :func:`~mid_metric.functional._similarity.float32_score_error` of the float32 maximum) and
+each row's :data:`HEAVY_CAPTIONS` highest scores are recomputed in float64, so the row maximum is exact. Each
+``p_jj`` agrees with the float64 computation within a relative :data:`RELATIVE_TOLERANCE` (1e-6; measured on
+CLIP-like features at D = 768: 4e-9 at ``tau = 1``, 2.3e-7 at ``tau = 0.01``). The worst-case bound is larger:
 ``error / tau`` for a float32 score error ``error`` of about ``(D + 2) 2^-24``.
 
-Each row's largest cosine is subtracted before the division by the temperature, so the scaled scores are at most 0
-and never overflow: a small temperature gives the limit it tends to (probability 1 for a caption that scores
-strictly highest). A temperature must be a normal float64 number (at least about 2.2e-308): below, the scaled
-differences of cosines, up to ``2 / temperature``, would overflow. The features are scored as
+Below a temperature of ``2 / log M``, each row's largest cosine is subtracted before the division by the
+temperature, so the scaled scores are at most 0 and never overflow (above it, they lie within ``+/- log(M) / 2``): a
+small temperature gives the limit it tends to (probability 1 for a caption that scores strictly highest). A
+temperature must be a normal float64 number (at least about 2.2e-308): below, the scaled differences of cosines, up
+to ``2 / temperature``, would overflow. The features are scored as
 :class:`~mid_metric.InfoNCE` stores them (rounded to float32: exact for float16, bfloat16 and float32 features,
 float64 rows scaled by a power of two first; see :func:`~mid_metric.functional._similarity.stored_rows`), so the
 function and the class agree.

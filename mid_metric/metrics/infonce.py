@@ -24,8 +24,9 @@ class InfoNCE(StoredPairsMetric):
     mutual information, ``log M + mean_j log p_jj`` in nats, is
     :func:`mid_metric.functional.infonce_bound`. The candidate features are kept in float32 (at most
     ``max_samples`` pairs, gathered once at ``compute()`` under DDP) and scored a block of images at a time, from
-    float32 products with ``logsumexp`` in float64: no ``M x M`` matrix is built. The matching score and the row
-    maxima are recomputed in float64; each pair's value agrees with a float64 computation within a relative 1e-6.
+    float32 products with ``logsumexp`` in float64: no ``M x M`` matrix is built. The matching scores are float64, and
+    below a temperature of ``2 / log M`` so are the scores near each row's maximum; each pair's value agrees with a
+    float64 computation within a relative 1e-6.
     Batches passed with ``real=True`` are skipped. Under DDP, ``compute()`` and :meth:`per_sample` are
     collectives: call them on every rank.
 
