@@ -69,9 +69,7 @@ def main() -> None:
     ratio = medians["jackknife"] / medians["True"]
     print(f"mid-metric {__version__}, torch {torch.__version__}, {cpu_model()}, {torch.get_num_threads()} threads,")
     print(f"{utc_now()} UTC; D = {args.dim} + {args.dim}, N = M = {args.rows}, {args.repeats} alternating repeats\n")
-    rows = [
-        [f"`{name}`", f"{medians[name]:.3f}", " ".join(f"{t:.3f}" for t in times[name])] for name in CONFIGURATIONS
-    ]
+    rows = [[f"`{name}`", f"{medians[name]:.3f}", " ".join(f"{t:.3f}" for t in times[name])] for name in CONFIGURATIONS]
     print("\n".join(markdown_table(["bias_correction", "compute() CPU s (median)", "CPU s per repeat"], rows)))
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     print(f"\n[{verdict}] jackknife / plain compute(): {ratio:.1f} (CPU time; target <= {TARGET:.0f})")

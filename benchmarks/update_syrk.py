@@ -122,7 +122,8 @@ def main() -> None:
     for batch in args.batches:
         chunk = max(batch, 1024)
         ratio = rate[f"update {batch}"] / rate[f"dsyrk {chunk}"]
-        rows.append([str(batch), f"{rate[f'update {batch}']:,.0f}", f"{rate[f'dsyrk {chunk}']:,.0f} ({chunk})", f"{ratio:.2f}"])
+        update_rate, syrk_rate = rate[f"update {batch}"], rate[f"dsyrk {chunk}"]
+        rows.append([str(batch), f"{update_rate:,.0f}", f"{syrk_rate:,.0f} ({chunk})", f"{ratio:.2f}"])
     print(f"mid-metric {__version__}, torch {torch.__version__}, {cpu_model()}, {torch.get_num_threads()} threads,")
     print(f"{utc_now()} UTC; D = {args.dim} + {args.dim}, float32 features, {args.rows} rows a pass,")
     print(f"{args.repeats} alternating repeats, CPU time; yardstick: {yardstick}\n")
