@@ -60,14 +60,15 @@ NOTES = """### Notes
   2 M^2 D flops (1.4 TFLOP at 30k), against the official estimator's 99 gathers of the captions (99 x 8 M D bytes
   moved); InfoNCE does the same product as the official code, blockwise, without its two M x M matrices. The
   product is float32 (1.7x the float64 rate on this CPU); the entries within its error bound,
-  (D + 2) 2^-24 = 4.6e-5 at D = 768, of a decision (R-precision: the matching score; InfoNCE: the row maximum) are
-  recomputed in float64, so R-precision's counts are the float64 counts, and InfoNCE takes its exponent sums in
-  float64. *Previous* (float64 blocks) was 0.78 of the official code's speed for R-precision at 30k in 0.3.1.
+  (D + 2) 2^-24 = 4.6e-5 at D = 768, of a decision (R-precision: the matching score; InfoNCE below a temperature
+  of 2 / log M: the row maximum) are recomputed in float64, so R-precision's counts are the float64 counts, and
+  InfoNCE takes its exponent sums in float64. *Previous* (float64 blocks) was 0.78 of the official code's speed
+  for R-precision at 30k in 0.3.1.
 - **Memory.** R-precision and InfoNCE hold 4 (Dx + Dy) bytes a pair (184 MB at 30k) and, in `compute()`, the images
   (float32), the unit captions (float64 and float32), a 16 MiB float32 block buffer, 4 MiB masks and, for InfoNCE,
-  a 32 MiB float64 buffer; the official InfoNCE builds two M x M float64 matrices (14.4 GB at 30k). CLIP-S holds 24 bytes plus 8
-  a pair. The RSS figures also hold what glibc's heap keeps after freeing the per-batch temporaries (its mmap
-  threshold adapts to them), which moves them by up to about 150 MB from run to run; run with
+  a 32 MiB float64 buffer; the official InfoNCE builds two M x M float64 matrices (14.4 GB at 30k). CLIP-S holds
+  24 bytes plus 8 a pair. The RSS figures also hold what glibc's heap keeps after freeing the per-batch
+  temporaries (its mmap threshold adapts to them), which moves them by up to about 150 MB from run to run; run with
   `MALLOC_MMAP_THRESHOLD_=131072` to see the metrics' own memory.
 - **Agreement.** CLIP-S and InfoNCE agree with the twins' float32 results to their float32 rounding (target: within
   2e-6 relative). The official R-precision is one random draw; the table gives the mean and standard error of the
