@@ -154,7 +154,9 @@ def to_pil_images(images: ImageBatch) -> list[Any]:
         where = f"`images[{index}]`"
         if isinstance(image, Tensor):
             if image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(f"{where} must be a (3, H, W) tensor, got shape {tuple(image.shape)}.")
+                raise ValueError(
+                    f"{where} must have 3 colour channels first, (3, H, W), got shape {tuple(image.shape)}."
+                )
             image = image.detach().cpu()
             if image.dtype != torch.uint8:
                 image = unit_to_eight_bit(unit_float_image(image, where))
