@@ -65,11 +65,11 @@ NOTES = """### Notes
   InfoNCE takes its exponent sums in float64. *Previous* (float64 blocks) was 0.78 of the official code's speed
   for R-precision at 30k in 0.3.1.
 - **Memory.** R-precision and InfoNCE hold 4 (Dx + Dy) bytes a pair (184 MB at 30k) and, in `compute()`, the images
-  (float32), the unit captions (float64 and float32), a 16 MiB float32 block buffer, 4 MiB masks and, for InfoNCE,
-  a 32 MiB float64 buffer; the official InfoNCE builds two M x M float64 matrices (14.4 GB at 30k). CLIP-S holds
-  24 bytes plus 8 a pair. The RSS figures also hold what glibc's heap keeps after freeing the per-batch
-  temporaries (its mmap threshold adapts to them), which moves them by up to about 150 MB from run to run; run with
-  `MALLOC_MMAP_THRESHOLD_=131072` to see the metrics' own memory.
+  (float32), the unit captions (float64 and float32), a float32 block buffer, masks and, for InfoNCE, a float64
+  block buffer (256 rows at 30k: 29, 7 and 59 MiB); the official InfoNCE builds two M x M float64 matrices
+  (14.4 GB at 30k). CLIP-S holds 24 bytes plus 8 a pair. The RSS figures also hold what glibc's heap keeps after
+  freeing the per-batch temporaries (its mmap threshold adapts to them), which moves them by up to about 150 MB
+  from run to run; run with `MALLOC_MMAP_THRESHOLD_=131072` to see the metrics' own memory.
 - **Agreement.** CLIP-S and InfoNCE agree with the twins' float32 results to their float32 rounding (target: within
   2e-6 relative). The official R-precision is one random draw; the table gives the mean and standard error of the
   repetitions' draws around our exact expectation (`tests/test_functional_r_precision.py` checks 30 seeds within 4

@@ -31,6 +31,8 @@ from torch import Tensor
 
 #: Number of scores per block (``rows * M``): 2**22, i.e. 16 MiB of float32 scores (32 MiB in float64).
 BLOCK_ELEMENTS = 1 << 22
+#: ... but at least this many rows (products of fewer rows run well below the full rate).
+MIN_BLOCK_ROWS = 256
 #: A block row is recomputed whole, by one float64 product, when more than ``max(DENSE_MINIMUM, DENSE_FRACTION * M)``
 #: of its scores are uncertain: recomputing them one by one would then read more caption rows from memory than a
 #: float64 product of the row costs (on CLIP-like features about one score a row is uncertain).
@@ -111,14 +113,18 @@ def pair_cosines(first: Tensor, second: Tensor) -> Tensor:
 
 
 def block_rows(count: int, block_elements: Optional[int] = None) -> int:
-    """Rows of images per block when each row holds ``count`` scores.
+    """Rows of images per block when each row holds ``count`` scores: about ``block_elements`` scores a block.
+
+    Without ``block_elements``, a block has :data:`BLOCK_ELEMENTS` scores but at least :data:`MIN_BLOCK_ROWS` rows
+    (beyond ``M = 16,384``), so that every matrix product is large enough to run at the full rate.
 
     Example:
-        >>> block_rows(30_000)
-        139
+        >>> block_rows(10_000), block_rows(30_000)
+        (419, 256)
     """
-    elements = BLOCK_ELEMENTS if block_elements is None else block_elements
-    return max(1, min(count, elements // max(count, 1)))
+    if block_elements is None:
+        return max(1, min(count, max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(count, 1))))
+    return max(1, min(count, block_elements // max(count, 1)))
 
 
 def float32_score_error(dim: int) -> float:
