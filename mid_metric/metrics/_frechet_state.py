@@ -64,7 +64,6 @@ class FrechetStateMethods:
     _computed: Any
     _is_synced: bool
     _defaults: dict[str, Any]
-    _modules: dict[str, Any]
     _strict_load = True  # the `strict` of the load_state_dict in progress (nested loads are taken as strict)
 
     def _statistics_replaced(self) -> None:
@@ -164,14 +163,6 @@ class FrechetStateMethods:
             destination[prefix + _LOADED_KEY] = self._loaded.moments.detach().clone()
         return destination
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, **kwargs: Any) -> Any:
-        """Load a ``state_dict()``, all or nothing; see :meth:`_load_from_state_dict`."""
-        self._strict_load = strict
-        try:
-            return super().load_state_dict(state_dict, strict=strict, **kwargs)  # type: ignore[misc]
-        finally:
-            self._strict_load = True
-
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """Check every state of this metric in ``state_dict`` first, then load them all (or none).
 
@@ -211,13 +202,6 @@ class FrechetStateMethods:
         packed = check_packed_moments(value, name, self.image_dim)
         return packed.to(device=self._stores.reference.device, dtype=torch.float64, copy=True)
 
-    def _unexpected_keys(self, state_dict: dict, prefix: str) -> list[str]:
-        """The keys under ``prefix`` that are neither this metric's states nor its submodules'."""
-        known = {*self.STATE_NAMES, _LOADED_KEY, _EXTRA_STATE_KEY}
-        return [
-            key
-            for key in state_dict
-            if key.startswith(prefix)
-            and key[len(prefix) :] not in known
-            and key[len(prefix) :].split(".", 1)[0] not in self._modules
-        ]
+    def _load_keys(self) -> set[str]:
+        """The keys (without prefix) this metric reads: the base class's, and the reference files' statistics."""
+        return {*super()._load_keys(), _LOADED_KEY}  # type: ignore[misc]

@@ -79,7 +79,6 @@ class StateMethods:
     _loaded: Any
     _state_checks: dict[str, Any]
     _defaults: dict[str, Any]
-    _modules: dict[str, Any]
     _computed: Any
     _is_synced: bool
     _batch_scores: Any
@@ -219,14 +218,6 @@ class StateMethods:
             destination[prefix + _LOADED_REFERENCE_KEY] = self._loaded.moments.detach().clone()
         return destination
 
-    def load_state_dict(self, state_dict: Any, strict: bool = True, **kwargs: Any) -> Any:
-        """Load a ``state_dict()``, all or nothing; see :meth:`_load_from_state_dict`."""
-        self._strict_load = strict
-        try:
-            return super().load_state_dict(state_dict, strict=strict, **kwargs)  # type: ignore[misc]
-        finally:
-            self._strict_load = True
-
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
         """Check every state of this metric in ``state_dict`` first, then load them all (or none).
 
@@ -289,18 +280,15 @@ class StateMethods:
         packed = check_packed_moments(value, name, self.image_dim + self.text_dim)
         return packed.to(device=self._stores.reference.device, dtype=torch.float64, copy=True)
 
-    def _unexpected_keys(self, state_dict: dict, prefix: str) -> list[str]:
-        """The keys under ``prefix`` that are neither this metric's states nor its submodules'."""
-        known = {*self._state_checks, _LOADED_REFERENCE_KEY, _EXTRA_STATE_KEY}
+    def _load_keys(self) -> set[str]:
+        """The keys (without prefix) this metric reads: the base class's and the reference files' statistics.
+
+        With the jackknife, also the full states that a 0.3 checkpoint holds next to the groups'.
+        """
+        keys = {*super()._load_keys(), _LOADED_REFERENCE_KEY}  # type: ignore[misc]
         if self.uses_jackknife:
-            known.update(_FULL_STATES)  # a 0.3 checkpoint
-        return [
-            key
-            for key in state_dict
-            if key.startswith(prefix)
-            and key[len(prefix) :] not in known
-            and key[len(prefix) :].split(".", 1)[0] not in self._modules
-        ]
+            keys.update(_FULL_STATES)
+        return keys
 
     def _legacy_full_states(self, state_dict: dict, prefix: str, checked: dict[str, Tensor]) -> list[str]:
         """Check the full states a 0.3 jackknife checkpoint holds against its groups; return their keys."""
