@@ -1,22 +1,22 @@
 """Cosine similarities: per pair in float64, and blockwise over all candidate captions from float32 products.
 
-Every cosine here is taken between rows scaled to unit norm by :func:`unit_rows`, which divides each row by its
-largest magnitude before it takes the norm: a float64 row of norm 1e-200 or 1e200 gets its exact direction (the
-norm alone would underflow to 0 or overflow to infinity). CLIP-R-Precision and InfoNCE keep their candidate
-features as :func:`stored_rows` (float32 rows, scaled by a power of two so that none underflows or overflows), and
-their functional forms score the same rows, so that a metric class and its function give the same value on the
-same pairs.
+Every cosine here is taken between rows scaled to unit norm in float64 by :func:`unit_rows`, which first divides
+each float64 row by its largest magnitude: a row of norm 1e-200 or 1e200 gets its exact direction (the norm alone
+would underflow to 0 or overflow to infinity). CLIP-R-Precision and InfoNCE keep their candidate features as
+:func:`stored_rows` (float32 rows; float64 ones scaled by a power of two first, so that none underflows or
+overflows), and their functional forms score the same rows, so that a metric class and its function give the same
+value on the same pairs.
 
 CLIP-R-Precision and InfoNCE score every candidate image against every candidate caption. :func:`score_blocks`
 yields those scores a block of images at a time (:class:`ScoreBlock`), so that memory stays ``O(block * M)``
 instead of ``O(M^2)``. The block is one float32 matrix product of the unit rows rounded to float32 (about 1.7x
 faster than float64 on a CPU, far more on most GPUs). Its entries differ from the float64 cosines by at most
 :func:`float32_score_error` (``(D + 2) 2^-24`` for ``D``-dimensional rows, whatever the order of the sums), so a
-caller never trusts a float32 score near a decision: :meth:`ScoreBlock.exact_where` recomputes in float64 every
-entry whose float64 value may lie in a given interval, and the comparisons are then those of the float64 scores.
-The score of each image's own caption (``matching``) is always float64. Where the float32 products may be rounded
-further (TF32 or bfloat16 matrix products enabled by the user, or another kind of device), the blocks are float64
-products, as before.
+caller never trusts a float32 score near a decision: :meth:`ScoreBlock.exact_where` and
+:meth:`ScoreBlock.count_below` recompute in float64 every entry whose float64 score may lie on the other side of a
+bound, and the comparisons are then those of the float64 scores. The score of each image's own caption
+(``matching``) is always float64. Where the float32 products may be rounded further (TF32 or bfloat16 matrix
+products enabled by the user, or another kind of device), the blocks are float64 products, as in 0.3.1.
 """
 
 from __future__ import annotations
