@@ -469,3 +469,13 @@ def test_settings_and_counts_are_checked(sets):
     assert FrechetDistance.higher_is_better is False and FrechetDistance.full_state_update is False
     settings = FrechetDistance(feature=D, bias_correction="jackknife", jackknife_groups=K)._sync_settings()
     assert settings["bias_correction"] == "jackknife" and settings["jackknife_groups"] == K
+
+
+def test_a_bad_extra_state_names_the_metric_and_changes_nothing(sets):
+    real, generated = sets
+    metric = feed(FrechetDistance(feature=D), real, generated, batch=7)
+    saved = metric.state_dict()
+    before = metric.compute()
+    with pytest.raises(ValueError, match="extra state of FrechetDistance maps 'reference' and 'candidate'"):
+        metric.load_state_dict({**saved, "_extra_state": {"reference": -2, "candidate": 1}})
+    assert torch.equal(metric.compute(), before)

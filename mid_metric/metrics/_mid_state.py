@@ -95,7 +95,7 @@ class StateMethods:
             stores = [JackknifeStore(*sizes, self.jackknife_groups, self.jackknife_key) for _ in GROUPS]
         else:
             stores = [MomentStore(*sizes) for _ in GROUPS]
-        self._stores = PairedStores(*stores)
+        self._stores = PairedStores(*stores, metric_name=type(self).__name__)
         # [format version, image_dim, text_dim]: lets state_dict, merge_state and the DDP sync refuse statistics of
         # another feature split. Added first, so the sync compares it before it reduces any statistics.
         own_format = state_format(self.image_dim, self.text_dim)

@@ -152,7 +152,7 @@ class FrechetDistance(FrechetStateMethods, PairedFeatureMetric):
             stores = [JackknifeStore(*sizes, self.jackknife_groups, key) for _ in range(2)]
         else:
             stores = [MomentStore(*sizes) for _ in range(2)]
-        self._stores = PairedStores(*stores)
+        self._stores = PairedStores(*stores, metric_name=type(self).__name__)
         for name, store in zip(self.STATE_NAMES, self._stores):
             self.add_checked_state(name, store.empty_state(), store.reduce, store.check_state)
         self._loaded = LoadedReference(self.image_dim)  # reference files' image moments, apart from the synced state

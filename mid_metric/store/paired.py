@@ -40,6 +40,7 @@ class PairedStores:
     Args:
         reference: The reference pairs' store.
         candidate: The candidate pairs' store, of the same kind and sizes.
+        metric_name: The name of the metric that holds the stores, for the messages about its extra state.
 
     Example:
         >>> stores = PairedStores(MomentStore(3, 2, buffer_rows=8), MomentStore(3, 2, buffer_rows=8))
@@ -52,8 +53,9 @@ class PairedStores:
         (False, 5, 5)
     """
 
-    def __init__(self, reference: MomentStore, candidate: MomentStore) -> None:
+    def __init__(self, reference: MomentStore, candidate: MomentStore, metric_name: str = "the metric") -> None:
         self.reference, self.candidate = reference, candidate
+        self.metric_name = metric_name
         #: Whether every batch since the last reset came through :meth:`add_pairs`.
         self.texts_shared = True
 
@@ -167,19 +169,22 @@ class PairedStores:
         )
         if not counts_valid or set(state) - {*GROUPS, _STAGED, _SHARED, _GROUP_BATCHES}:
             raise ValueError(
-                "The extra state of MutualInformationDivergence maps 'reference' and 'candidate' to batch counts"
+                f"The extra state of {self.metric_name} maps 'reference' and 'candidate' to batch counts"
                 f" (whole numbers >= 0), with optional '{_STAGED}' rows and a '{_SHARED}' flag, got {_describe(state)}."
             )
         if not isinstance(state.get(_SHARED, False), bool):
-            raise ValueError(f"The extra state's '{_SHARED}' must be a bool, got {state[_SHARED]!r}.")
+            raise ValueError(
+                f"The extra state of {self.metric_name}: '{_SHARED}' must be a bool, got {state[_SHARED]!r}."
+            )
         self._check_group_batches(state.get(_GROUP_BATCHES, {}))
         staged = state.get(_STAGED, {})
         if not isinstance(staged, dict) or set(staged) - set(GROUPS):
             raise ValueError(
-                f"The extra state's '{_STAGED}' maps 'reference'/'candidate' to rows, got {_describe(staged)}."
+                f"The extra state of {self.metric_name}: '{_STAGED}' maps 'reference'/'candidate' to rows, got"
+                f" {_describe(staged)}."
             )
         for group, rows in staged.items():
-            self._check_staged_rows(rows, f"the extra state's staged {group} rows")
+            self._check_staged_rows(rows, f"the staged {group} rows in the extra state of {self.metric_name}")
 
     def _check_group_batches(self, group_batches: object) -> None:
         size = self.reference.num_groups if isinstance(self.reference, JackknifeStore) else None
@@ -193,8 +198,8 @@ class PairedStores:
         if not valid:
             expected = f"{size} batch counts" if size is not None else "lists of batch counts"
             raise ValueError(
-                f"The extra state's '{_GROUP_BATCHES}' maps 'reference'/'candidate' to {expected} (whole numbers"
-                f" >= 0), got {_describe(group_batches)}."
+                f"The extra state of {self.metric_name}: '{_GROUP_BATCHES}' maps 'reference'/'candidate' to"
+                f" {expected} (whole numbers >= 0), got {_describe(group_batches)}."
             )
 
     def _check_staged_rows(self, rows: object, name: str) -> None:
