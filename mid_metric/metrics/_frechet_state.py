@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from mid_metric._checks import check_packed_moments
+from mid_metric.metrics._store_state import StoreStateMethods
 from mid_metric.store import PairedStores
 
 __all__ = ["FrechetStateMethods"]
@@ -41,7 +42,7 @@ def _store_state(group: str, name: str) -> property:
     return property(read, write, doc=f"The registered state ``{name}``, held by the {group} store.")
 
 
-class FrechetStateMethods:
+class FrechetStateMethods(StoreStateMethods):
     """The state, sync, merge and checkpoint methods of :class:`~mid_metric.FrechetDistance` (mixed into it).
 
     The metric provides the attributes annotated here.
@@ -62,8 +63,6 @@ class FrechetStateMethods:
     _loaded: Any
     _last: Any
     _computed: Any
-    _is_synced: bool
-    _defaults: dict[str, Any]
     _strict_load = True  # the `strict` of the load_state_dict in progress (nested loads are taken as strict)
 
     def _statistics_replaced(self) -> None:
@@ -80,12 +79,6 @@ class FrechetStateMethods:
             "jackknife_groups": self.jackknife_groups if self.uses_jackknife else None,
             "jackknife_key": self.jackknife_key if self.uses_jackknife else None,
         }
-
-    def sync(self, *args: Any, **kwargs: Any) -> None:
-        """Flush the staged rows, then sync the states across processes as :meth:`torchmetrics.Metric.sync`."""
-        if not self._is_synced:
-            self._stores.flush()
-        super().sync(*args, **kwargs)  # type: ignore[misc]
 
     def _apply(self, fn: Any, exclude_state: Any = "") -> Any:
         result = super()._apply(fn, exclude_state)  # type: ignore[misc]
@@ -106,30 +99,7 @@ class FrechetStateMethods:
             self._loaded.clear()
         self._last = None
 
-    # ------------------------------------------------------------------------------------------ extra state
-    def get_extra_state(self) -> dict[str, Any]:
-        """The host state ``state_dict()`` saves next to the statistics: batch counts and staged rows.
-
-        Saving the staged rows instead of flushing them keeps ``state_dict()`` free of side effects, so a metric
-        restored from a checkpoint continues bit for bit like an uninterrupted one.
-        """
-        return self._stores.extra_state()
-
-    def set_extra_state(self, state: Any) -> None:
-        """Restore the host state saved by :meth:`get_extra_state` (``load_state_dict`` calls this).
-
-        Raises:
-            ValueError: If ``state`` is not such a dict.
-        """
-        self._stores.load_extra_state(state)
-
     # ---------------------------------------------------------------------------------------------- merging
-    @property
-    def metric_state(self) -> dict[str, Any]:
-        """The states of the metric (staged rows flushed first), e.g. to pass to another metric's ``merge_state``."""
-        self._stores.flush()
-        return {name: getattr(self, name) for name in self._defaults}
-
     def merge_state(self, incoming_state: Union[dict[str, Any], Any]) -> None:
         """Merge another metric's (or a ``metric_state`` or ``state_dict()`` dict's) statistics into this one, exactly.
 
@@ -149,9 +119,6 @@ class FrechetStateMethods:
         super().merge_state(incoming_state)  # type: ignore[misc]  # a metric's metric_state flushes it first
         self._stores.add_rows(staged)
         self._statistics_replaced()
-
-    def _before_merge(self) -> None:
-        self._stores.flush()  # only once the incoming states are known to be valid: a refused merge changes nothing
 
     # ------------------------------------------------------------------------------------------- state_dict
     def state_dict(  # type: ignore[override]

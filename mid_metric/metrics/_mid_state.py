@@ -24,6 +24,7 @@ from torch import Tensor
 
 from mid_metric import jackknife
 from mid_metric._checks import check_packed_moments, check_state_format, same_state_format, state_format
+from mid_metric.metrics._store_state import StoreStateMethods
 from mid_metric.store import GROUPS, JackknifeStore, MomentStore, PairedStores
 
 __all__ = ["StateMethods", "store_state"]
@@ -59,7 +60,7 @@ def store_state(group: str, suffix: str) -> property:
     return property(read, write, doc=f"The registered state ``{name}``, held by the {group} store.")
 
 
-class StateMethods:
+class StateMethods(StoreStateMethods):
     """The state-dict, extra-state and merge methods of :class:`~mid_metric.MutualInformationDivergence`.
 
     Mixed into the metric, which provides the attributes annotated here.
@@ -78,9 +79,7 @@ class StateMethods:
     _stores: PairedStores
     _loaded: Any
     _state_checks: dict[str, Any]
-    _defaults: dict[str, Any]
     _computed: Any
-    _is_synced: bool
     _batch_scores: Any
     _strict_load = True  # the `strict` of the load_state_dict in progress (nested loads are taken as strict)
 
@@ -135,12 +134,6 @@ class StateMethods:
             "eps": self.eps,
         }
 
-    def sync(self, *args: Any, **kwargs: Any) -> None:
-        """Flush the staged rows, then sync the states across processes as :meth:`torchmetrics.Metric.sync`."""
-        if not self._is_synced:
-            self._stores.flush()
-        super().sync(*args, **kwargs)
-
     def _apply(self, fn: Any, exclude_state: Any = "") -> Any:
         result = super()._apply(fn, exclude_state)
         if hasattr(self, "_loaded"):  # the files' statistics and the staged rows are no states: they follow them
@@ -149,36 +142,7 @@ class StateMethods:
             self._batch_scores.clear()
         return result
 
-    # ------------------------------------------------------------------------------------------ extra state
-    def get_extra_state(self) -> dict[str, Any]:
-        """Return the host state that ``state_dict()`` saves next to the statistics (:meth:`PairedStores.extra_state`).
-
-        The per-group batch counters, which decide when the shift is recentred, the rows staged but not yet added
-        to the statistics (at most ``buffer_rows`` per group), and whether the candidates' texts are the
-        reference's row for row. Saving the staged rows instead of flushing them keeps ``state_dict()`` free of
-        side effects, so a metric restored from a checkpoint mid-epoch continues bit for bit like an uninterrupted
-        one.
-        """
-        return self._stores.extra_state()
-
-    def set_extra_state(self, state: Any) -> None:
-        """Restore the host state saved by :meth:`get_extra_state` (``load_state_dict`` calls this).
-
-        Checkpoints of mid-metric 0.2 and earlier hold the batch counters only. A ``texts_shared`` flag is kept only
-        when the two groups' text statistics agree bit for bit.
-
-        Raises:
-            ValueError: If ``state`` is not such a dict.
-        """
-        self._stores.load_extra_state(state)
-
     # ---------------------------------------------------------------------------------------------- merging
-    @property
-    def metric_state(self) -> dict[str, Any]:
-        """The states of the metric (staged rows flushed first), e.g. to pass to another metric's ``merge_state``."""
-        self._stores.flush()
-        return {name: getattr(self, name) for name in self._defaults}
-
     def merge_state(self, incoming_state: Union[dict[str, Any], Any]) -> None:
         """Merge another metric's (or a ``metric_state`` or ``state_dict()`` dict's) statistics into this one.
 
@@ -200,9 +164,6 @@ class StateMethods:
         self._stores.add_rows(staged)
         self._stores.texts_shared = False
         self._reference_replaced()
-
-    def _before_merge(self) -> None:
-        self._stores.flush()  # only once the incoming states are known to be valid: a refused merge changes nothing
 
     # ------------------------------------------------------------------------------------------- state_dict
     def state_dict(  # type: ignore[override]
