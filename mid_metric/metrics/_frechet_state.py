@@ -21,13 +21,13 @@ import torch
 from torch import Tensor
 
 from mid_metric._checks import check_packed_moments
+from mid_metric.metrics._base import _EXTRA_STATE_KEY
 from mid_metric.metrics._store_state import StoreStateMethods
 from mid_metric.store import PairedStores
 
 __all__ = ["FrechetStateMethods"]
 
 _LOADED_KEY = "loaded_real_moments"
-_EXTRA_STATE_KEY = "_extra_state"
 
 
 def _store_state(group: str, name: str) -> property:
@@ -112,12 +112,7 @@ class FrechetStateMethods(StoreStateMethods):
             ValueError: If ``incoming_state`` is neither a dict nor a metric of this class, lacks a state, or holds
                 a state of another layout or an invalid one.
         """
-        staged: dict[str, Tensor] = {}
-        if isinstance(incoming_state, dict) and _EXTRA_STATE_KEY in incoming_state:
-            self._stores.check_extra_state(incoming_state[_EXTRA_STATE_KEY])
-            staged = incoming_state[_EXTRA_STATE_KEY].get("staged", {})
-        super().merge_state(incoming_state)  # type: ignore[misc]  # a metric's metric_state flushes it first
-        self._stores.add_rows(staged)
+        self._merge_with_staged_rows(incoming_state)
         self._statistics_replaced()
 
     # ------------------------------------------------------------------------------------------- state_dict

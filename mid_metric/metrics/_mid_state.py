@@ -24,13 +24,13 @@ from torch import Tensor
 
 from mid_metric import jackknife
 from mid_metric._checks import check_packed_moments, check_state_format, same_state_format, state_format
+from mid_metric.metrics._base import _EXTRA_STATE_KEY
 from mid_metric.metrics._store_state import StoreStateMethods
 from mid_metric.store import GROUPS, JackknifeStore, MomentStore, PairedStores
 
 __all__ = ["StateMethods", "store_state"]
 
 _LOADED_REFERENCE_KEY = "loaded_reference_moments"
-_EXTRA_STATE_KEY = "_extra_state"
 _JACKKNIFE_STATES = ("jackknife_settings", "reference_group_moments", "candidate_group_moments")
 _FULL_STATES = ("reference_moments", "candidate_moments")
 
@@ -156,12 +156,7 @@ class StateMethods(StoreStateMethods):
             ValueError: If ``incoming_state`` is neither a dict nor a metric of this class, lacks a state, or holds
                 a state of another layout or an invalid one.
         """
-        staged: dict[str, Tensor] = {}
-        if isinstance(incoming_state, dict) and _EXTRA_STATE_KEY in incoming_state:
-            self._stores.check_extra_state(incoming_state[_EXTRA_STATE_KEY])
-            staged = incoming_state[_EXTRA_STATE_KEY].get("staged", {})
-        super().merge_state(incoming_state)  # type: ignore[misc]  # a metric's metric_state flushes it first
-        self._stores.add_rows(staged)
+        self._merge_with_staged_rows(incoming_state)
         self._stores.texts_shared = False
         self._reference_replaced()
 

@@ -8,8 +8,11 @@ module's extra state.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
+from torch import Tensor
+
+from mid_metric.metrics._base import _EXTRA_STATE_KEY
 from mid_metric.store import PairedStores
 
 __all__ = ["StoreStateMethods"]
@@ -54,6 +57,18 @@ class StoreStateMethods:
         """The states of the metric (staged rows flushed first), e.g. to pass to another metric's ``merge_state``."""
         self._stores.flush()
         return {name: getattr(self, name) for name in self._defaults}
+
+    def _merge_with_staged_rows(self, incoming_state: Union[dict[str, Any], Any]) -> None:
+        """Merge the incoming states as the base class does, then the rows a ``state_dict()`` dict holds staged.
+
+        The dict's extra state is checked before anything is merged, so one that raises changes nothing.
+        """
+        staged: dict[str, Tensor] = {}
+        if isinstance(incoming_state, dict) and _EXTRA_STATE_KEY in incoming_state:
+            self._stores.check_extra_state(incoming_state[_EXTRA_STATE_KEY])
+            staged = incoming_state[_EXTRA_STATE_KEY].get("staged", {})
+        super().merge_state(incoming_state)  # type: ignore[misc]  # a metric's metric_state flushes it first
+        self._stores.add_rows(staged)
 
     def _before_merge(self) -> None:
         self._stores.flush()  # only once the incoming states are known to be valid: a refused merge changes nothing
