@@ -380,7 +380,7 @@ def _add_correlate_command(commands: Any) -> None:
             "judgments and a seeded bootstrap 95% interval. Both files may be CSV (.csv), TSV (.tsv) or JSON Lines\n"
             "(.jsonl). A key names one row of SCORES; JUDGMENTS may rate a key several times, and each rating counts\n"
             "(the bootstrap draws a key with all its ratings). Judgments whose rating is empty or NaN are skipped.\n"
-            "Needs scipy (the 'benchmark' extra)."
+            "Uses scipy, a dependency of mid-metric."
         ),
     )
     correlate.add_argument("scores", metavar="SCORES", help="per-sample scores: a key column and score columns")
