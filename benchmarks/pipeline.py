@@ -21,13 +21,16 @@ compute is the same). Each configuration encodes every image of the pairs file:
 Each is timed for every ``--preprocess`` choice, at 0, 1 and 2 workers and at the automatic default (the usable
 cores less one, at most 8), worker start-up included. The configurations take turns in an order that rotates with
 each repeat, so that all see the same load, and the figures are medians. The features of the cli configurations are
-checked to be bit-identical across worker counts.
+checked to be bit-identical across worker counts. Next to images per second, the table gives the CPU time per image
+of the main process and its workers together (median, ms), which other processes on a busy machine inflate far less
+than the wall clock.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import resource
 import statistics
 import sys
 import tempfile
@@ -61,6 +64,12 @@ BASELINE_TARGET = 0.95
 
 
 # ---------------------------------------------------------------------------------------------------- data
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the loader workers, joined when a pass ends)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def write_images(folder: Path, count: int) -> Path:
     """``count`` JPEG photos' worth of images (500 x 375 and 375 x 500) and ``pairs.csv`` listing them."""
     pairs = folder / "pairs.csv"
@@ -237,41 +246,39 @@ def main() -> None:
         if not (path == "0.3.1" and (workers not in (0, 2) or choice not in ("processor", *OLD_BATCHES)))
     ]
     seconds: dict[tuple[str, str, int], list[float]] = {key: [] for key in configurations}
-    cpu: dict[tuple[str, str, int], list[float]] = {key: [] for key in configurations if key[2] == 0}
+    cpu: dict[tuple[str, str, int], list[float]] = {key: [] for key in configurations}
     features: dict[tuple[str, int], torch.Tensor] = {}
     for repeat in range(options.repeats):
         for path, choice, workers in rotated(configurations, repeat * 7):
             source = table if path == "cli" else paths
-            begin, begin_cpu = time.perf_counter(), time.process_time()
+            begin, begin_cpu = time.perf_counter(), cpu_seconds()
             out = runners[path](source, extractors[choice], workers, options.device, options.batch_size)
             if options.device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds[(path, choice, workers)].append(time.perf_counter() - begin)
-            if workers == 0:  # all the work in this process: its CPU time, which other processes do not inflate
-                cpu[(path, choice, workers)].append(time.process_time() - begin_cpu)
+            cpu[(path, choice, workers)].append(cpu_seconds() - begin_cpu)
             if path == "cli":
                 features[(choice, workers)] = out
         print(f"repeat {repeat + 1}/{options.repeats} done", flush=True)
 
     rate = {key: options.images / statistics.median(values) for key, values in seconds.items()}
+    cpu_ms = {key: 1000 * statistics.median(values) / options.images for key, values in cpu.items()}
     rows = []
     for choice in options.preprocess:
         for workers in worker_counts:
-            cli, base = rate[("cli", choice, workers)], rate[("baseline", choice, workers)]
-            old = rate.get(("0.3.1", choice, workers))
+            cli, base, old = (("cli", choice, workers), ("baseline", choice, workers), ("0.3.1", choice, workers))
             label = f"{workers} (auto)" if workers == auto else str(workers)
             rows.append(
-                [choice, label, f"{cli:.0f}", f"{base:.0f}", f"{cli / base:.2f}"]
-                + ([f"{old:.0f}", f"{cli / old:.2f}"] if old else ["", ""])
+                [choice, label, f"{rate[cli]:.0f}", f"{rate[base]:.0f}", f"{rate[cli] / rate[base]:.2f}"]
+                + [f"{cpu_ms[cli]:.2f}", f"{cpu_ms[base]:.2f}", f"{cpu_ms[base] / cpu_ms[cli]:.2f}"]
+                + (
+                    [f"{rate[old]:.0f}", f"{rate[cli] / rate[old]:.2f}", f"{cpu_ms[old] / cpu_ms[cli]:.2f}"]
+                    if old in rate
+                    else [""] * 3
+                )
             )
-    header = ["--preprocess", "workers", "cli img/s", "baseline img/s", "cli / baseline", "0.3.1 img/s", "cli / 0.3.1"]
-    cpu_ms = {key: 1000 * statistics.median(values) / options.images for key, values in cpu.items()}
-    cpu_rows = [
-        [choice]
-        + [f"{cpu_ms[(path, choice, 0)]:.2f}" if (path, choice, 0) in cpu_ms else "" for path in runners]
-        + [f"{cpu_ms[('0.3.1', choice, 0)] / cpu_ms[('cli', choice, 0)]:.2f}" if ("0.3.1", choice, 0) in cpu_ms else ""]
-        for choice in options.preprocess
-    ]
+    header = ["--preprocess", "workers", "cli img/s", "baseline img/s", "cli / baseline", "cli CPU ms/img"]
+    header += ["baseline CPU ms/img", "baseline / cli CPU", "0.3.1 img/s", "cli / 0.3.1", "0.3.1 / cli CPU"]
     model_name = "ViT-L/14-sized CLIP (random weights)" if options.real_size else "tiny CLIP (input 224)"
     device = options.device if not options.device.startswith("cuda") else torch.cuda.get_device_name()
     lines = [
@@ -283,10 +290,6 @@ def main() -> None:
         f" mid-metric {__version__}, {utc_now()} UTC.",
         "",
         *markdown_table(header, rows),
-        "",
-        "CPU time per image at 0 workers (all the work in one process; ms, median):",
-        "",
-        *markdown_table(["--preprocess", *(f"{path} ms" for path in runners), "0.3.1 / cli"], cpu_rows),
         "",
     ]
     verdicts = []
