@@ -52,9 +52,12 @@ from mid_metric.cli.encoding import encode_images  # noqa: E402
 from mid_metric.cli.values import automatic_workers, usable_cores  # noqa: E402
 from mid_metric.features.inputs import images_to_float_list  # noqa: E402
 from mid_metric.features.preprocess import (  # noqa: E402
+    CLIP_MEAN,
+    CLIP_STD,
     PREPROCESSING,
-    _openai_batch,
-    _text_to_image_batch,
+    TEXT_TO_IMAGE_SIDE,
+    _resize_and_crop,
+    _to_unit_tensor,
     to_pil_images,
 )
 from mid_metric.io.pairs import read_pairs  # noqa: E402
@@ -197,8 +200,30 @@ def run_031(paths: list[Path], extractor: Any, workers: int, device: str, batch:
     return torch.cat(chunks)
 
 
-#: The preprocessing of 0.3.1 for the choices it had, as it ran: on all of torch's threads.
-OLD_BATCHES = {"openai": _openai_batch.__wrapped__, "mid-t2i": _text_to_image_batch.__wrapped__}
+def _normalise_031(batch: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    return (batch - mean) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+
+
+def _openai_031(pictures: list[Any], size: int) -> torch.Tensor:
+    """0.3.1's ``openai_pixels``: the same values, the batch stacked then normalised, on all of torch's threads."""
+    from PIL import Image
+
+    return _normalise_031(torch.stack([_to_unit_tensor(_resize_and_crop(p, size, Image.BICUBIC)) for p in pictures]))
+
+
+def _text_to_image_031(pictures: list[Any], size: int) -> torch.Tensor:
+    """0.3.1's ``text_to_image_pixels``, likewise."""
+    from PIL import Image
+
+    side = TEXT_TO_IMAGE_SIDE
+    batch = torch.stack([_to_unit_tensor(_resize_and_crop(p, side, Image.BILINEAR)) for p in pictures])
+    batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", align_corners=False)
+    return _normalise_031(batch)
+
+
+#: The preprocessing of 0.3.1 for the choices it had, as it ran.
+OLD_BATCHES = {"openai": _openai_031, "mid-t2i": _text_to_image_031}
 
 
 # ------------------------------------------------------------------------------------------------- the run
