@@ -152,7 +152,7 @@ def test_help_states_the_automatic_workers_and_the_default_preprocessing(capsys)
         text = " ".join(capsys.readouterr().out.split())
         workers = re.search(r"--num-workers N (.*?)--eps", text).group(1)
         assert "default: automatic" in workers and f"{automatic_workers(usable_cores())} here" in workers, workers
-        assert "0: all in the main process" in workers
+        assert "(0: all in the main process)" in workers
         assert "(default: openai)" in re.search(r"--preprocess \{[^}]*\} (how images.*?)--device", text).group(1)
 
 

@@ -142,10 +142,10 @@ def _add_common_options(
         type=non_negative_int,
         default=automatic_workers(usable_cores()),
         metavar="N",
-        help="worker processes that decode and preprocess the images and tokenise the captions, at most one per"
-        " batch; 0: all in the main process, which then only runs the model. The results are the same for every"
-        f" N (default: automatic, the usable CPU cores less one, at most {MAX_AUTOMATIC_WORKERS}: %(default)s"
-        " here)",
+        help="worker processes that decode and preprocess the images and tokenise the captions while the main"
+        " process runs the model, at most one per batch (0: all in the main process). The results are the same"
+        f" for every N (default: automatic, the usable CPU cores less one, at most {MAX_AUTOMATIC_WORKERS}:"
+        " %(default)s here)",
     )
     group.add_argument(
         "--eps",
