@@ -187,3 +187,22 @@ def test_a_reference_of_an_older_default_is_flagged_unless_the_preprocessing_is_
         assert capsys.readouterr().err == ""
     assert cli.main(["score", real, "--reference", str(built), "--model", model, "-q", "--json"]) == 0
     assert capsys.readouterr().err == ""  # a file of this release's default
+
+
+@pytest.mark.slow
+def test_the_pipeline_benchmark_runs_and_writes_its_block(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Results\n\n<!-- BEGIN pipeline -->\nold\n<!-- END pipeline -->\n")
+    argv = [sys.executable, str(root / "benchmarks" / "pipeline.py"), "--images", "12", "--repeats", "1"]
+    argv += ["--batch-size", "4", "--preprocess", "openai", "--workers", "0", "2"]
+    argv += ["--data", str(tmp_path), "--results", str(results)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=root, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = results.read_text()
+    assert "\nold\n" not in text and "| openai | 0 |" in text and "cli / baseline" in text
+    assert "[PASS] openai: features bit-identical" in done.stdout
