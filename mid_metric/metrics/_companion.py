@@ -20,6 +20,7 @@ state, under a ``max_samples`` cap that raises instead of truncating.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -45,6 +46,19 @@ from mid_metric.metrics._base import FeatureSpec, PairedFeatureMetric, are_featu
 
 #: Default cap on the stored candidate pairs of CLIP-R-Precision and InfoNCE (the MID paper's code's ``limit``).
 DEFAULT_MAX_SAMPLES = 30_000
+
+
+def _check_nonzero_pairs(images: Tensor, texts: Tensor) -> None:
+    """:func:`~mid_metric._checks.check_nonzero_rows` of both, from one reduction of each and one host sync.
+
+    A zero row is one whose largest magnitude is 0; only then are the rows searched for the error message.
+    """
+    if images.numel() > 0 and texts.numel() > 0:
+        largest = (torch.linalg.vector_norm(rows, ord=math.inf, dim=1) for rows in (images, texts))
+        if not bool(torch.minimum(*largest).eq(0).any()):
+            return
+    check_nonzero_rows(images, "images")
+    check_nonzero_rows(texts, "texts")
 
 
 class CompanionMetric(PairedFeatureMetric):
@@ -90,8 +104,7 @@ class CompanionMetric(PairedFeatureMetric):
         self._check_device()
         images, texts = self._pair_features(images, texts)
         if self.validate_args:
-            check_nonzero_rows(images, "images")
-            check_nonzero_rows(texts, "texts")
+            _check_nonzero_pairs(images, texts)
         return images.to(self.device), texts.to(self.device)
 
     def _encode_arguments(self, arguments: dict[str, Any]) -> dict[str, Any]:
