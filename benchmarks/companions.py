@@ -1,7 +1,7 @@
 """Benchmark of the companion metrics (CLIP-S, CLIP-R-Precision, InfoNCE) against store-all twins of the official code.
 
-    python benchmarks/companions.py                      # M = 1k, 10k and 30k, D = 768 (about 10 minutes, 2 cores)
-    python benchmarks/companions.py --sizes 1000,10000   # the same up to 10k (about 2 minutes)
+    python benchmarks/companions.py                      # M = 1k, 10k and 30k, D = 768 (10 to 15 minutes, 2 cores)
+    python benchmarks/companions.py --sizes 1000,10000   # the same up to 10k (about 3 minutes)
     python benchmarks/companions.py --quick              # M = 600 and 1200, D = 32, one repetition (the smoke test)
 
 It measures, for M candidate pairs of D-dimensional CLIP-like unit features fed in batches of 256:
@@ -10,10 +10,10 @@ It measures, for M candidate pairs of D-dimensional CLIP-like unit features fed 
    (``--probe``): the peak resident set is reset after the imports and the data (made beforehand, the same for both
    sides), then the metric is fed and computed. The official twins store ``x``, ``y`` and ``x0`` in float64 as the
    official ``update(x, y, x0)`` does; ours get ``update(x, y, real=True)`` (skipped) and ``update(x0, y)``;
-2. time of all updates plus ``compute()``, ours, the previous version's and the twin's interleaved in this process,
-   median of the repetitions, reported as the ratio twin / ours. *Previous* is the same metric with float64 score
-   blocks, as 0.3.1 computed them (what the metric still does where float32 matrix products may be TF32 or bfloat16;
-   forced here with ``torch.set_float32_matmul_precision("high")``);
+2. time of all updates plus ``compute()``, ours, the previous version's and the twin's interleaved in this process
+   (each taking each place in turn), median of the repetitions, reported as the ratio twin / ours. *Previous* is
+   the same metric with float64 score blocks, as 0.3.1 computed them (what the metric still does where float32
+   matrix products may be TF32 or bfloat16; forced here with ``torch.set_float32_matmul_precision("high")``);
 3. agreement: CLIP-S (``clamp=False``) and InfoNCE against the twins' float32 results, and the twin's Monte-Carlo
    R-precision (one draw per repetition) against our exact expectation.
 
@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     cpu_model,
     markdown_section,
     peak_rss_growth,
+    rotated,
     run_for_json,
     utc_now,
     verdict_word,
@@ -90,11 +91,11 @@ OURS: dict[str, Callable[[int], object]] = {
 class Config:
     sizes: tuple[int, ...]
     dim: int
-    reps: int  # repetitions at M <= 10k; one beyond (each run of 30k takes 10 to 40 s)
+    reps: int  # repetitions at M <= 10k; one beyond (each run at 30k takes 10 to 40 s)
     probes: tuple[str, ...]  # metrics whose memory is probed ("r-precision+infonce": the two together)
 
 
-FULL = Config((1_000, 10_000, 30_000), 768, 3, ("clip-score", "r-precision+infonce"))
+FULL = Config((1_000, 10_000, 30_000), 768, 5, ("clip-score", "r-precision+infonce"))
 QUICK = Config((600, 1200), 32, 1, ("r-precision+infonce",))
 
 
@@ -194,17 +195,22 @@ def measure_times(m: int, cfg: Config) -> tuple[list[list[str]], list[list[str]]
     time_rows, agreement_rows, ratios = [], [], {}
     reps = repetitions(cfg, m)
     for name in METRICS:
-        ours_t, previous_t, official_t, ours_v, draws = [], [], [], 0.0, []
+        times: dict[str, list[float]] = {"ours": [], "previous": [], "official": []}
+        ours_v, draws = 0.0, []
+        sides = ["ours", "previous", "official"] if name in SPEED_TARGET else ["ours", "official"]
         for rep in range(reps):
-            values, seconds = _timed(run_ours, [name], data, cfg.dim)
-            ours_v = values[name]
-            ours_t.append(seconds)
-            if name in SPEED_TARGET:
-                with float64_products():
-                    previous_t.append(_timed(run_ours, [name], data, cfg.dim)[1])
-            values, seconds = _timed(run_official, [name], data, seed=rep)
-            draws.append(values[name])
-            official_t.append(seconds)
+            for side in rotated(sides, rep):  # each side takes each place in turn
+                if side == "official":
+                    values, seconds = _timed(run_official, [name], data, seed=rep)
+                    draws.append(values[name])
+                elif side == "previous":
+                    with float64_products():
+                        seconds = _timed(run_ours, [name], data, cfg.dim)[1]
+                else:
+                    values, seconds = _timed(run_ours, [name], data, cfg.dim)
+                    ours_v = values[name]
+                times[side].append(seconds)
+        ours_t, previous_t, official_t = times["ours"], times["previous"], times["official"]
         t_ours, t_official = statistics.median(ours_t), statistics.median(official_t)
         t_previous = statistics.median(previous_t) if previous_t else None
         ratios[name] = t_official / t_ours
