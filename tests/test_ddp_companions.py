@@ -12,6 +12,7 @@ import torch
 from _ddp import ddp_marks, run_in_processes
 from _tester import check_ddp
 from companion_refs import (
+    INFONCE_REL,
     aligned_pairs,
     all_cases,
     naive_clip_per_pair,
@@ -116,7 +117,8 @@ def test_per_sample_is_rank_major_and_errors_reach_every_rank():
             for rank, report in enumerate(reports):
                 got = report[(plan, name)]
                 assert got.dtype == torch.float64, (plan, name)
-                torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13, msg=f"{plan} {name} rank {rank}")
+                rtol = INFONCE_REL if name == "infonce" else 1e-10
+                torch.testing.assert_close(got, expected, rtol=rtol, atol=1e-13, msg=f"{plan} {name} rank {rank}")
     for report in reports:
         assert report["mismatch"] is not None and "`image_dim` (rank 0: 4; rank 1: 6)" in report["mismatch"]
         assert report["cap"] is not None and "gathered 80 candidate pairs" in report["cap"]
