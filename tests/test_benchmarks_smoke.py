@@ -59,7 +59,7 @@ def test_companion_benchmark_quick(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     text = results.read_text()
     assert "kept above" in text and "\nold\n" not in text and text.count("<!-- BEGIN companions -->") == 1
-    for title in ("Peak memory", "Time of all updates", "Agreement with the official twins", "**Target:**"):
+    for title in ("Peak memory", "Time of all updates", "Agreement with the official twins", "**Targets:**"):
         assert title in text, title
     assert "[PASS]" in done.stdout
 
