@@ -66,8 +66,8 @@ NOTES = """### Notes
   InfoNCE takes its exponent sums in float64. *Previous* (float64 blocks) was 0.78 of the official code's speed
   for R-precision at 30k in 0.3.1.
 - **Memory.** R-precision and InfoNCE hold 4 (Dx + Dy) bytes a pair (184 MB at 30k) and, in `compute()`, the images
-  (float32), the unit captions (float64 and float32), a float32 block buffer, masks and, for InfoNCE, a float64
-  block buffer (256 rows at 30k: 29, 7 and 59 MiB); the official InfoNCE builds two M x M float64 matrices
+  (float32), the unit captions (float64 and float32), a float32 block buffer, a mask and, for InfoNCE, a float64
+  block buffer (512 rows at 30k: 59, 15 and 117 MiB); the official InfoNCE builds two M x M float64 matrices
   (14.4 GB at 30k). CLIP-S holds 24 bytes plus 8 a pair. The RSS figures also hold what glibc's heap keeps after
   freeing the per-batch temporaries (its mmap threshold adapts to them), which moves them by up to about 150 MB
   from run to run; run with `MALLOC_MMAP_THRESHOLD_=131072` to see the metrics' own memory.

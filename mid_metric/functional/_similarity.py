@@ -31,8 +31,8 @@ from torch import Tensor
 
 #: Number of scores per block (``rows * M``): 2**22, i.e. 16 MiB of float32 scores (32 MiB in float64).
 BLOCK_ELEMENTS = 1 << 22
-#: ... but at least this many rows (products of fewer rows run well below the full rate).
-MIN_BLOCK_ROWS = 256
+#: ... but at least this many rows (see :func:`block_rows`).
+MIN_BLOCK_ROWS = 512
 #: A block row is recomputed whole, by one float64 product, when more than ``max(DENSE_MINIMUM, DENSE_FRACTION * M)``
 #: of its scores are uncertain: recomputing them one by one would then read more caption rows from memory than a
 #: float64 product of the row costs (on CLIP-like features about one score a row is uncertain).
@@ -116,11 +116,12 @@ def block_rows(count: int, block_elements: Optional[int] = None) -> int:
     """Rows of images per block when each row holds ``count`` scores: about ``block_elements`` scores a block.
 
     Without ``block_elements``, a block has :data:`BLOCK_ELEMENTS` scores but at least :data:`MIN_BLOCK_ROWS` rows
-    (beyond ``M = 16,384``), so that every matrix product is large enough to run at the full rate.
+    (beyond ``M = 8,192``): fewer, larger blocks run the products at the full rate and pay the fixed cost of each
+    operation on a block fewer times (each costs a scheduler time slice on a busy machine).
 
     Example:
         >>> block_rows(10_000), block_rows(30_000)
-        (419, 256)
+        (512, 512)
     """
     if block_elements is None:
         return max(1, min(count, max(MIN_BLOCK_ROWS, BLOCK_ELEMENTS // max(count, 1))))
@@ -297,16 +298,21 @@ class ScoreBlock:
         Entries more than ``error`` from the threshold are counted from ``scores``; the others are recomputed.
         ``scores`` is overwritten.
         """
-        lower, upper = self._bounds(thresholds, down=True), self._bounds(thresholds, down=False)
-        window = torch.ge(self.scores, lower, out=self._buffer("window", torch.bool))
-        window.logical_and_(torch.le(self.scores, upper, out=self._buffer("below", torch.bool)))
-        found = self._recomputed(window)  # within error of the threshold
-        # 1.0 where the float64 score is certainly below the threshold, written over the scores: a boolean mask's
-        # sum would first copy it to int64 (8 bytes an entry), and float sums of ones are exact below 2^24.
-        counts = torch.lt(self.scores, lower, out=self.scores).sum(dim=1).long()
+        window = self._buffer("window", torch.bool)
+        if self.error == 0:  # float64 scores: the window's entries are read from them before they are overwritten
+            found = self._recomputed(torch.eq(self.scores, thresholds.unsqueeze(1), out=window))
+            at_most = torch.le(self.scores, thresholds.unsqueeze(1), out=self.scores)
+        else:
+            torch.ge(self.scores, self._bounds(thresholds, down=True), out=window)
+            at_most = torch.le(self.scores, self._bounds(thresholds, down=False), out=self.scores)
+            found = self._recomputed(window.logical_and_(at_most))  # within error of the threshold
+        # 1.0 where the score is at most the upper bound, written over the scores: a boolean mask's sum would first
+        # copy it to int64 (8 bytes an entry), and float sums of ones are exact below 2^24. Those of the recomputed
+        # entries that fail the test are taken off.
+        counts = at_most.sum(dim=1).long()
         wanted = thresholds[found.rows]
-        near = found.scores <= wanted if inclusive else found.scores < wanted
-        counts += torch.bincount(found.rows[near], minlength=self.scores.shape[0])
+        fails = found.scores > wanted if inclusive else found.scores >= wanted
+        counts -= torch.bincount(found.rows[fails], minlength=self.scores.shape[0])
         if found.whole_rows.numel() > 0:
             wanted = thresholds[found.whole_rows].unsqueeze(1)
             below = found.whole <= wanted if inclusive else found.whole < wanted
