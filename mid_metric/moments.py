@@ -28,6 +28,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from mid_metric.batch_passes import centre_rows_
+
 
 class GaussianMoments(NamedTuple):
     """Unpacked view of a packed moments tensor; see the module docstring for the meaning of each field."""
@@ -142,17 +144,7 @@ def accumulate_(
     if workspace is None:
         workspace = torch.empty(rows, fields.shift.shape[0], dtype=torch.float64, device=packed.device)
     batch = workspace[:rows]
-    column = 0
-    for part in parts:  # cast and concatenation in one copy, centring in place (no temporary)
-        width = part.shape[1]
-        target, shift = batch[:, column : column + width], fields.shift[column : column + width]
-        if part.dtype == torch.float64:
-            torch.sub(part, shift, out=target)
-        else:  # (a mixed-dtype sub would cast the part into a temporary first)
-            target.copy_(part)
-            target.sub_(shift)
-        column += width
-    fields.shifted_sum.add_(batch.sum(dim=0))
+    fields.shifted_sum.add_(centre_rows_(batch, parts, fields.shift))  # cast, concatenation and centring: one pass
     _add_gram_(fields.shifted_outer_sum, batch, split, skip_trailing_block)
     fields.count.add_(rows)
     return packed
@@ -360,12 +352,11 @@ def recentre_(packed: Tensor) -> Tensor:
     """
     fields = unpack(packed)
     scaled_sum = fields.shifted_sum / fields.count.clamp(min=1.0)
-    # The move to the mean is S2 - S1 S1^T / n (moved_sums with w = S1 / 2): one rank-1 update, made in place on the
-    # lower triangle, in row blocks (a pass over about half the matrix, no D x D temporary; the diagonal blocks are
-    # updated whole).
-    outer = fields.shifted_outer_sum
-    for start, stop in _row_blocks(outer.shape[0], 0):
-        outer[start:stop, :stop].addr_(fields.shifted_sum[start:stop], scaled_sum[:stop], alpha=-1)
+    # The move to the mean is S2 - S1 S1^T / n (moved_sums with w = S1 / 2): one rank-1 update, made in place by one
+    # GEMM over the whole matrix (no D x D temporary). Its upper triangle gets the symmetric term too, which is twice
+    # the writes of the lower triangle alone, but an element-wise kernel (addr) or one call per row block costs a
+    # parallel region each, far more on a busy machine.
+    fields.shifted_outer_sum.addmm_(fields.shifted_sum.unsqueeze(1), scaled_sum.unsqueeze(0), alpha=-1)
     fields.shift.add_(scaled_sum)
     fields.shifted_sum.zero_()  # the sum about the mean, exactly
     return packed

@@ -11,6 +11,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mid_metric.batch_passes import within_bound
+
 FLOATING_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -68,15 +70,13 @@ def check_features(features: object, name: str, dim: Optional[int] = None, check
     return features
 
 
-def _within_bound(features: Tensor) -> Tensor:
-    """A 0-dim bool tensor: every value of ``features`` is finite and of magnitude at most the bound.
+def _within_bound(features: Tensor) -> Tensor | bool:
+    """Whether every value of ``features`` is finite and of magnitude at most the bound.
 
-    One pass without temporaries: ``aminmax`` propagates NaN, and NaN and Inf fail the comparisons with a finite
-    bound.
+    A host ``bool`` for a CPU tensor (passes on the calling thread), else a 0-dim bool tensor on its device (no
+    host synchronisation); see :func:`mid_metric.batch_passes.within_bound`.
     """
-    bound = min(MAX_FEATURE_MAGNITUDE, torch.finfo(features.dtype).max)
-    smallest, largest = torch.aminmax(features)
-    return (largest <= bound) & (smallest >= -bound)
+    return within_bound(features, min(MAX_FEATURE_MAGNITUDE, torch.finfo(features.dtype).max))
 
 
 def check_within_bound(named_features: dict[str, Tensor]) -> None:
@@ -95,10 +95,11 @@ def check_within_bound(named_features: dict[str, Tensor]) -> None:
         ValueError: `texts` contains NaN or Inf values (in 2 of 2 rows).
     """
     within = [_within_bound(features) for features in named_features.values() if features.numel() > 0]
-    if not within:
-        return
-    # One flag per tensor, combined on the device: one host sync for the call.
-    if bool(torch.stack([flag.to(within[0].device) for flag in within]).all()):
+    on_device = [flag for flag in within if isinstance(flag, Tensor)]
+    # One flag per tensor: the CPU's on the host, the others combined on the device (one host sync for the call).
+    if all(flag for flag in within if not isinstance(flag, Tensor)) and (
+        not on_device or bool(torch.stack([flag.to(on_device[0].device) for flag in on_device]).all())
+    ):
         return
     for name, features in named_features.items():
         check_features(features, name)
