@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -52,6 +53,39 @@ def run(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedP
     return subprocess.run(
         [*script(), *args], cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=300, check=False
     )
+
+
+#: Runs ``mid_metric.cli.main`` on each ``[cwd, argv]`` of a JSON list in ``argv[1]``, in one interpreter.
+_SESSION = """
+import contextlib, io, json, os, sys
+from mid_metric import cli
+done = []
+for cwd, argv in json.loads(sys.argv[1]):
+    os.chdir(cwd)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli.main(argv)
+        except SystemExit as stop:
+            status = stop.code
+    done.append([argv, status, out.getvalue(), err.getvalue()])
+sys.__stdout__.write(json.dumps(done))
+"""
+
+
+def run_in_one_process(calls: list[tuple[list[str], Path]], env: dict) -> list[subprocess.CompletedProcess]:
+    """Run several ``mid-metric`` calls, one after the other, in one fresh interpreter with the environment ``env``.
+
+    For tests whose subject is the environment a process starts with (an offline Hugging Face cache set by
+    ``HF_HUB_CACHE``), at the cost of one interpreter start rather than one per call. Each call runs in its own
+    folder (``calls`` holds ``(argv, cwd)`` pairs) and gets its own captured output.
+    """
+    payload = json.dumps([[str(cwd), list(argv)] for argv, cwd in calls])
+    proc = subprocess.run(
+        [sys.executable, "-c", _SESSION, payload], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [subprocess.CompletedProcess(argv, status, out, err) for argv, status, out, err in json.loads(proc.stdout)]
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:

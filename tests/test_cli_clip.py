@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 
 import pytest
-from _cli import ENV, close, fail, run, run_cli, write_csv
+from _cli import ENV, close, fail, run_cli, run_in_one_process, write_csv
 from _cli_clip import EPS, NUM_CANDIDATES, NUM_PAIRS, build_work, encode, identity_of, load_extractor
 from clip_fixtures import TINY_PROJECTION_DIM, build_tiny_clip
 
@@ -32,25 +33,28 @@ def extractor(work):
 
 
 # ------------------------------------------------------------------------------------------ CLIP path
-def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_path):
+def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_path, capsys, monkeypatch):
     root, model = work["root"], str(work["model"])
     ref = tmp_path / "ref.safetensors"
-    proc = run(
-        "reference",
-        "real/pairs.csv",
-        "-o",
-        str(ref),
-        "--model",
-        model,
-        "--eps",
-        str(EPS),
-        "--batch-size",
-        "7",
-        "-q",
-        cwd=root,
+    monkeypatch.chdir(root)  # the pairs files' relative paths
+    status = cli.main(
+        [
+            "reference",
+            "real/pairs.csv",
+            "-o",
+            str(ref),
+            "--model",
+            model,
+            "--eps",
+            str(EPS),
+            "--batch-size",
+            "7",
+            "-q",
+        ]
     )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "" and proc.stdout == ""  # --quiet
+    quiet = capsys.readouterr()
+    assert status == 0, quiet.err
+    assert quiet.err == "" and quiet.out == ""  # --quiet
 
     real = work["real_rows"]
     x, y = encode(extractor, root / "real", [r["image"] for r in real], [r["caption"] for r in real])
@@ -63,31 +67,32 @@ def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_pat
     assert meta["eps"] == EPS
 
     per_sample = tmp_path / "per_sample.csv"
-    proc = run(
-        "score",
-        "gen/cands.jsonl",
-        "--reference",
-        str(ref),
-        "--image-column",
-        "file",
-        "--caption-column",
-        "prompt",
-        "--json",
-        "--per-sample",
-        str(per_sample),
-        "--num-workers",
-        "1",
-        "--batch-size",
-        "5",
-        "--device",
-        "cpu",
-        "--model",  # a local model is recorded by its fingerprint: the folder must be given again
-        model,
-        "--quiet",
-        cwd=root,
+    shown = run_cli(
+        [
+            "score",
+            "gen/cands.jsonl",
+            "--reference",
+            str(ref),
+            "--image-column",
+            "file",
+            "--caption-column",
+            "prompt",
+            "--json",
+            "--per-sample",
+            str(per_sample),
+            "--num-workers",
+            "1",
+            "--batch-size",
+            "5",
+            "--device",
+            "cpu",
+            "--model",  # a local model is recorded by its fingerprint: the folder must be given again
+            model,
+            "--quiet",
+        ],
+        capsys,
     )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(shown)
 
     cands = work["cand_rows"]
     xc, yc = encode(extractor, root / "gen", [r["file"] for r in cands], [r["prompt"] for r in cands])
@@ -111,31 +116,34 @@ def test_reference_round_trip_score_json_and_per_sample(work, extractor, tmp_pat
         assert close(float(row["pmi"]), value)
 
 
-def test_captioning_with_reference_pairs_and_generated_captions(work, extractor, tmp_path):
+def test_captioning_with_reference_pairs_and_generated_captions(work, extractor, capsys, monkeypatch):
     root, model = work["root"], str(work["model"])
-    proc = run(
-        "score",
-        "real/pairs.csv",
-        "--reference-pairs",
-        "real/pairs.csv",
-        "--generated-caption-column",
-        "generated",
-        "--model",
-        model,
-        "--eps",
-        str(EPS),
-        cwd=root,
+    monkeypatch.chdir(root)
+    status = cli.main(
+        [
+            "score",
+            "real/pairs.csv",
+            "--reference-pairs",
+            "real/pairs.csv",
+            "--generated-caption-column",
+            "generated",
+            "--model",
+            model,
+            "--eps",
+            str(EPS),
+        ]
     )
-    assert proc.returncode == 0, proc.stderr
+    proc = capsys.readouterr()
+    assert status == 0, proc.err
     real = work["real_rows"]
     x, y = encode(extractor, root / "real", [r["image"] for r in real], [r["caption"] for r in real])
     _, y_gen = encode(extractor, root / "real", [], [r["generated"] for r in real])
     expected_mid = mutual_information_divergence(x, y, x, y_gen, eps=EPS).item()
     # The text output: MID to 6 decimals, what it means, the counts and the model; messages go to stderr.
-    shown = re.search(r"^MID: (-?\d+\.\d+)", proc.stdout, re.M)
-    assert shown and abs(float(shown.group(1)) - expected_mid) < 2e-6 * max(1.0, abs(expected_mid)), proc.stdout
-    assert "higher is better" in proc.stdout and f"{NUM_PAIRS} candidate pairs" in proc.stdout
-    assert identity_of(work["model"]) in proc.stdout and "Loading" in proc.stderr
+    shown = re.search(r"^MID: (-?\d+\.\d+)", proc.out, re.M)
+    assert shown and abs(float(shown.group(1)) - expected_mid) < 2e-6 * max(1.0, abs(expected_mid)), proc.out
+    assert "higher is better" in proc.out and f"{NUM_PAIRS} candidate pairs" in proc.out
+    assert identity_of(work["model"]) in proc.out and "Loading" in proc.err
 
 
 def test_too_few_pairs_for_a_full_rank_covariance(work, tmp_path, capsys):
@@ -163,10 +171,13 @@ def moved(work, tmp_path_factory):
     shutil.copytree(work["root"] / "real" / "images", root / "images")
     shutil.copy(work["root"] / "real" / "pairs.csv", root / "data.csv")
     (root / "elsewhere").mkdir()
-    proc = run(
-        "reference", "data.csv", "-o", "ref.safetensors", "--model", "tinyclip", "--eps", str(EPS), "-q", cwd=root
-    )
-    assert proc.returncode == 0, proc.stderr
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        status = cli.main(["reference", "data.csv", "-o", "ref.safetensors", "--model", "tinyclip", "--eps", str(EPS)])
+    finally:
+        os.chdir(here)
+    assert status == 0
     return root
 
 
@@ -177,33 +188,26 @@ def test_local_model_is_recorded_by_fingerprint_not_path(moved, work, extractor,
     assert meta["feature_extractor"] == identity_of(moved / "tinyclip") == identity_of(work["model"])
 
     elsewhere = moved / "elsewhere"
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
     # Without --model, the recorded local model cannot be loaded: one clear line asks for it (no download tried).
-    proc = run("score", "../data.csv", "--reference", "../ref.safetensors", cwd=elsewhere)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
-    last = proc.stderr.strip().splitlines()[-1]
+    assert cli.main(["score", "../data.csv", "--reference", "../ref.safetensors"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
     assert "--model PATH" in last and identity_of(work["model"]) in last and "Could not load" not in last
 
     # With the folder given by another relative path, it is recognised as the same model, and scores right.
-    proc = run(
-        "score",
-        "../data.csv",
-        "--reference",
-        "../ref.safetensors",
-        "--model",
-        "../tinyclip",
-        "--json",
-        "-q",
-        cwd=elsewhere,
+    shown = run_cli(
+        ["score", "../data.csv", "--reference", "../ref.safetensors", "--model", "../tinyclip", "--json", "-q"], capsys
     )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    report = json.loads(shown)
     real = work["real_rows"]
     x, y = encode(extractor, work["root"] / "real", [r["image"] for r in real], [r["caption"] for r in real])
     assert close(report["mid"], mutual_information_divergence(x, y, x, y, eps=EPS).item())
     assert report["model"] == identity_of(work["model"])
 
     # Another copy of the same weights is the same model too; other weights are another model.
-    monkeypatch.chdir(elsewhere)
     argv = ["score", "../data.csv", "--reference", "../ref.safetensors", "--json", "-q"]
     assert cli.main([*argv, "--model", str(work["model"])]) == 0
     capsys.readouterr()
@@ -226,72 +230,34 @@ def test_hub_id_is_recorded_as_it_is_and_loaded_from_the_cache(work, extractor, 
     env = dict(ENV, HF_HUB_CACHE=str(tmp_path / "hub"))
     root = work["root"]
     ref = tmp_path / "ref.safetensors"
-    proc = run(
-        "reference",
-        "real/pairs.csv",
-        "-o",
-        str(ref),
-        "--model",
-        "tiny-org/tiny-clip",
-        "--eps",
-        str(EPS),
-        "-q",
-        cwd=root,
-        env=env,
+    cands = ["score", str(root / "gen" / "cands.jsonl"), "--image-column", "file", "--caption-column", "prompt"]
+    local = ["score", str(root / "real" / "pairs.csv"), "--reference", str(ref), "--model", str(work["model"])]
+    # One fresh interpreter whose environment names the cache, for the four calls.
+    made, scored, refused, unchecked = run_in_one_process(
+        [
+            (["reference", "real/pairs.csv", "-o", str(ref), "--model", "tiny-org/tiny-clip", "--eps", str(EPS)], root),
+            # score takes the model from the file, from any folder.
+            ([*cands, "--reference", str(ref), "--json", "-q"], tmp_path),
+            # A local copy of the hub model is another name: refused, unless the check is turned off.
+            (local, tmp_path),
+            ([*local, "--no-check-feature-extractor", "--json", "-q"], tmp_path),
+        ],
+        env,
     )
-    assert proc.returncode == 0, proc.stderr
+    assert made.returncode == 0, made.stderr
     from mid_metric.io.reference_files import load_reference_statistics
 
     assert load_reference_statistics(ref)[1]["feature_extractor"] == "tiny-org/tiny-clip"
-    # score takes the model from the file, from any folder.
-    proc = run(
-        "score",
-        str(root / "gen" / "cands.jsonl"),
-        "--image-column",
-        "file",
-        "--caption-column",
-        "prompt",
-        "--reference",
-        str(ref),
-        "--json",
-        "-q",
-        cwd=tmp_path,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    assert scored.returncode == 0, scored.stderr
+    report = json.loads(scored.stdout)
     assert report["model"] == "tiny-org/tiny-clip"
     real, cands = work["real_rows"], work["cand_rows"]
     x, y = encode(extractor, root / "real", [r["image"] for r in real], [r["caption"] for r in real])
     xc, yc = encode(extractor, root / "gen", [r["file"] for r in cands], [r["prompt"] for r in cands])
     assert close(report["mid"], mutual_information_divergence(x, y, xc, yc, eps=EPS).item())
-    # A local copy of the hub model is another name: refused, unless the check is turned off.
-    proc = run(
-        "score",
-        str(root / "real" / "pairs.csv"),
-        "--reference",
-        str(ref),
-        "--model",
-        str(work["model"]),
-        cwd=tmp_path,
-        env=env,
-    )
-    assert proc.returncode == 1 and "--no-check-feature-extractor" in proc.stderr, proc.stderr
-    proc = run(
-        "score",
-        str(root / "real" / "pairs.csv"),
-        "--reference",
-        str(ref),
-        "--model",
-        str(work["model"]),
-        "--no-check-feature-extractor",
-        "--json",
-        "-q",
-        cwd=tmp_path,
-        env=env,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["reference_model"] == "tiny-org/tiny-clip"
+    assert refused.returncode == 1 and "--no-check-feature-extractor" in refused.stderr, refused.stderr
+    assert unchecked.returncode == 0, unchecked.stderr
+    assert json.loads(unchecked.stdout)["reference_model"] == "tiny-org/tiny-clip"
 
 
 def test_captioning_with_the_jackknife_groups_by_image_and_encodes_each_image_once(work, tmp_path, capsys, monkeypatch):
