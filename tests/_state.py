@@ -16,8 +16,8 @@ def assert_same_state(metric, before):
 def _copy(value):
     if isinstance(value, torch.Tensor):
         return value.clone()
-    if isinstance(value, list):  # a list state: a list of tensors
-        return [part.clone() for part in value]
+    if isinstance(value, (list, tuple)):  # a list state (tensors), or counts in an extra state (numbers)
+        return type(value)(_copy(part) for part in value)
     if isinstance(value, dict):  # an extra state, possibly with tensors (staged rows)
         return {key: _copy(item) for key, item in value.items()}
     return value
@@ -36,10 +36,10 @@ def _assert_same_tensor(value, old, key):
 def _assert_same_value(value, old, key):
     if isinstance(value, torch.Tensor):
         _assert_same_tensor(value, old, key)
-    elif isinstance(value, list):
-        assert isinstance(old, list) and len(value) == len(old), key
-        for part, old_part in zip(value, old):
-            _assert_same_tensor(part, old_part, key)
+    elif isinstance(value, (list, tuple)):
+        assert type(old) is type(value) and len(value) == len(old), key
+        for index, (part, old_part) in enumerate(zip(value, old)):
+            _assert_same_value(part, old_part, f"{key}[{index}]")
     elif isinstance(value, dict):
         assert isinstance(old, dict) and sorted(value) == sorted(old), key
         for name, item in value.items():

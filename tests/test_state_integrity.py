@@ -217,3 +217,38 @@ def test_pmi_never_returns_inf():
     metric.update(x.double() * 1e-60, y.double() * 1e-60, real=True)
     with pytest.raises(ValueError, match="PMI is not finite"):
         metric.pmi(x[:3].double() * 1e99, y[:3].double())
+
+
+# ----------------------------------------------------------------------------- jackknife: staged rows included
+def _jackknife_with_staged_rows(seed=0):
+    """A jackknife metric whose state dict holds staged rows and per-group counts in its extra state."""
+    x, y = well_conditioned_pairs(120, DX, DY, seed=seed)
+    metric = MutualInformationDivergence(feature=(DX, DY), bias_correction="jackknife", jackknife_groups=4)
+    metric.update(x, y, real=True)
+    metric.update(x[:40] * 1.1, y[:40], real=False)
+    return metric
+
+
+@pytest.mark.parametrize("call", ["load-invalid-count", "load-other-split", "merge-other-split", "update-nan"])
+def test_jackknife_rejected_call_leaves_staged_rows_and_groups_unchanged(call):
+    metric = _jackknife_with_staged_rows()
+    before = snapshot_state_dict(metric)
+    assert any(isinstance(v, dict) and v for v in before.values())  # the extra state is part of the snapshot
+    saved = _jackknife_with_staged_rows(seed=1).state_dict()
+    other_split = MutualInformationDivergence(feature=(6, 2), bias_correction="jackknife", jackknife_groups=4)
+    other_split.update(*well_conditioned_pairs(40, 6, 2, seed=2), real=True)
+    nan_images = torch.full((3, DX), math.nan)
+    calls = {
+        "load-invalid-count": lambda: metric.load_state_dict(
+            {
+                **saved,
+                "reference_group_moments": saved["reference_group_moments"].index_fill(1, torch.tensor([0]), -1.0),
+            }
+        ),
+        "load-other-split": lambda: metric.load_state_dict(other_split.state_dict()),
+        "merge-other-split": lambda: metric.merge_state(other_split),
+        "update-nan": lambda: metric.update(nan_images, torch.ones(3, DY), real=False),
+    }
+    with pytest.raises(ValueError):
+        calls[call]()
+    assert_same_state_dict(metric, before)
