@@ -58,9 +58,11 @@ def within_bound(features: Tensor, bound: float) -> Tensor | bool:
         >>> within_bound(torch.tensor([[1.0, -2.0]]), 2.0), within_bound(torch.tensor([[float("nan")]]), 2.0)
         (True, False)
     """
+    if features.numel() == 0:
+        return True
     array = host_array(features)
     if array is not None:
-        return array.size == 0 or bool(array.max() <= bound and array.min() >= -bound)
+        return bool(array.max() <= bound and array.min() >= -bound)
     smallest, largest = torch.aminmax(features)
     return (largest <= bound) & (smallest >= -bound)
 
