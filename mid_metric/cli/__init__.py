@@ -13,8 +13,10 @@ Subcommands:
   protocol end to end: MID, CLIP-S and RefCLIP-S on Flickr8K's files as distributed, correlated with the ratings
   and printed next to the published values.
 
-Every CLIP command takes ``--preprocess processor|openai|mid-t2i``: the model's Hugging Face image processor, or
-OpenAI CLIP's own pipeline (:mod:`mid_metric.features.preprocess`), with which the published numbers were computed.
+Every CLIP command takes ``--preprocess openai|processor|mid-t2i|cmmd`` (:mod:`mid_metric.features.preprocess`):
+OpenAI CLIP's own pipeline, with which the published numbers were computed (the default), the model's Hugging Face
+image processor, the official text-to-image code's pipeline, or CMMD's reference pipeline. Images are decoded and
+preprocessed in ``--num-workers`` worker processes (by default the usable cores less one, at most 8).
 
 PAIRS is a CSV/TSV/JSONL file with an image path column and a caption column (see :mod:`mid_metric.io.pairs`), or a
 ``.safetensors``/``.npz`` file of precomputed ``image_features`` and ``text_features``. Bad input ends the command
@@ -34,9 +36,7 @@ One module per command (:mod:`~mid_metric.cli.demo`, :mod:`~mid_metric.cli.refer
 :mod:`~mid_metric.cli.score`, :mod:`~mid_metric.cli.correlate`, :mod:`~mid_metric.cli.benchmark`), with the parser
 in :mod:`~mid_metric.cli.parser` (the options' value types in :mod:`~mid_metric.cli.values`), the library's errors
 in the options' words in :mod:`~mid_metric.cli.messages`, and what they share in :mod:`~mid_metric.cli.session`.
-Only the CLIP path imports
-transformers, so ``mid-metric demo`` and precomputed features never do, and only ``correlate`` and ``benchmark``
-import scipy.
+Only the CLIP path loads a model through transformers, and only ``correlate`` and ``benchmark`` use scipy.
 """
 
 from __future__ import annotations

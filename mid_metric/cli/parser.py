@@ -20,6 +20,7 @@ from mid_metric.cli.values import (
     positive_int,
     usable_cores,
 )
+from mid_metric.features.preprocess import PREPROCESSING
 
 PROG = "mid-metric"
 
@@ -95,10 +96,6 @@ _PAIRS_HELP = textwrap.fill(
 )
 
 
-#: The image preprocessing choices of ``--preprocess`` (those of :data:`mid_metric.features.PREPROCESSING`).
-PREPROCESS_CHOICES = ("processor", "openai", "mid-t2i", "cmmd")
-
-
 #: The preprocessing of every command when ``--preprocess`` is not given: OpenAI CLIP's own, which the paper used,
 #: defined by this package alone (the processor's result depends on the transformers release and its backend).
 DEFAULT_PREPROCESS = "openai"
@@ -118,7 +115,7 @@ def _add_common_options(
         )
     group.add_argument(
         "--preprocess",
-        choices=PREPROCESS_CHOICES,
+        choices=PREPROCESSING,
         default=None,
         help=f"how images are resized, cropped and normalised for CLIP: 'openai' (the default since 0.4.0: OpenAI"
         " CLIP's own pipeline, with which the paper's numbers were computed: bicubic resize of the short side,"
