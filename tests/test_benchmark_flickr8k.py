@@ -282,7 +282,16 @@ def test_malformed_or_missing_files_are_one_line_with_file_and_line(data, tmp_pa
     fail(cf_args, capsys, f"{cf}, line 2", "is not n yes / (n yes + n no)")
     cf.unlink()
     fail(cf_args, capsys, f"{cf} does not exist")
-    fail(["benchmark", "flickr8k-cf", "--root", str(tmp_path / "nowhere"), "--model", "m"], capsys, "is not a folder")
+    # A root that is missing, a link loop or a file is named as such.
+    loop, a_file = tmp_path / "loop", tmp_path / "a-file.txt"
+    os.symlink(loop, loop)
+    a_file.write_text("not a folder\n")
+    for where, words in [
+        ("nowhere", "does not exist"),
+        ("loop", "is a symbolic link loop"),
+        ("a-file.txt", "is a file"),
+    ]:
+        fail(["benchmark", "flickr8k-cf", "--root", str(tmp_path / where), "--model", "m"], capsys, where, words)
     fail(["benchmark", "flickr8k-expert", "--root", str(data["root"])], capsys, "pass --model")
     # An output that is an input is refused, and the input stays as it was.
     before = expert.read_bytes()

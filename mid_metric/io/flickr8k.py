@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
-from mid_metric.io.tables import text_lines
+from mid_metric.io.tables import check_input_folder, text_lines
 
 __all__ = [
     "BENCHMARKS",
@@ -299,11 +299,7 @@ def read_flickr8k(root: PathLike, name: str) -> Flickr8kJudgments:
         raise ValueError(f"Unknown Flickr8K benchmark {name!r}; expected one of {', '.join(BENCHMARKS)}.")
     folder = Path(root)
     file_name, variant = BENCHMARKS[name]
-    if not folder.is_dir():
-        raise Flickr8kError(
-            f"The Flickr8K root {str(folder)!r} is not a folder; it must hold {TOKEN_FILE}, {file_name} and"
-            f" {IMAGE_FOLDER}/."
-        )
+    check_input_folder(folder, "The Flickr8K root", Flickr8kError, f"{TOKEN_FILE}, {file_name} and {IMAGE_FOLDER}/")
     token_file, source = folder / TOKEN_FILE, folder / file_name
     _check_file(source)  # before the (large) token file is read
     captions, references = read_token_file(token_file)

@@ -90,18 +90,47 @@ def check_input_file(path: Path, what: str, error: type[Exception]) -> None:
         ...     print(str(err).rsplit("' ", 1)[-1])
         is a folder, not a file.
     """
+    _check_reachable(path, what, error)
+    if path.is_dir():
+        raise error(f"{what} {str(path)!r} is a folder, not a file.")
+
+
+def _check_reachable(path: Path, what: str, error: type[Exception]) -> None:
+    """Raise ``error`` naming why ``path`` cannot be reached: a link loop, a dangling link, missing, unreadable."""
     try:
         path.stat()
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise error(f"{what} {str(path)!r} is a symbolic link loop.") from None
         if path.is_symlink() and err.errno == errno.ENOENT:
-            raise error(f"{what} {str(path)!r} is a symbolic link to a file that does not exist.") from None
+            raise error(f"{what} {str(path)!r} is a symbolic link to a path that does not exist.") from None
         if err.errno in (errno.ENOENT, errno.ENOTDIR):
             raise error(f"{what} {str(path)!r} does not exist.") from None
         raise error(f"{what} {str(path)!r} cannot be read ({err.strerror or err}).") from None
-    if path.is_dir():
-        raise error(f"{what} {str(path)!r} is a folder, not a file.")
+
+
+def check_input_folder(path: Path, what: str, error: type[Exception], holds: str) -> None:
+    """Raise ``error`` unless ``path`` is a folder (through links): missing, a link loop and a file are told apart.
+
+    Args:
+        path: The folder.
+        what: What the folder is, first in the message (``"The Flickr8K root"``).
+        error: The exception raised.
+        holds: What the folder must hold, for the message of a path that is not a folder.
+
+    Example:
+        >>> import os, tempfile
+        >>> loop = Path(tempfile.mkdtemp()) / "loop"
+        >>> os.symlink(loop, loop)
+        >>> try:
+        ...     check_input_folder(loop, "Root", ValueError, "the data")
+        ... except ValueError as err:
+        ...     print(str(err).rsplit("' ", 1)[-1])
+        is a symbolic link loop.
+    """
+    _check_reachable(path, what, error)
+    if not path.is_dir():
+        raise error(f"{what} {str(path)!r} is a file, not a folder; it must hold {holds}.")
 
 
 def table_format(path: PathLike) -> Optional[str]:
