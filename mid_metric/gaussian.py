@@ -23,11 +23,13 @@ __all__ = [
     "GaussianReference",
     "BlockTraces",
     "ReferencePrecisions",
+    "checked_cholesky",
     "fit_reference",
     "reference_precisions",
     "reference_from_moments",
     "candidate_scatter",
     "block_traces",
+    "whitened_trace",
     "whitened_scatter",
     "pointwise_mutual_information_from_reference",
     "WhiteningMatrices",
@@ -93,11 +95,25 @@ class ReferencePrecisions(NamedTuple):
 _MIN_RELATIVE_PIVOT = 1e-12
 
 
-def _cholesky(matrix: Tensor, what: str) -> Tensor:
+def checked_cholesky(matrix: Tensor, what: str, variances: Optional[Tensor] = None) -> Tensor:
+    """Return the lower Cholesky factor of ``matrix`` (its lower triangle is read), or raise a clear error.
+
+    A pivot ``L_kk^2`` below ``1e-12`` of coordinate ``k``'s variance (``variances``, by default the diagonal of
+    ``matrix``) counts as a failure: the coordinate is a linear function of the others to rounding. A conditional
+    covariance (a Schur complement) passes its coordinates' own variances, so that the test is that of the joint
+    factorisation.
+
+    Raises:
+        ValueError: Naming ``what`` and the failed column, if the matrix is not positive definite.
+
+    Example:
+        >>> checked_cholesky(torch.tensor([[4.0, 2.0], [2.0, 5.0]], dtype=torch.float64), "example").tolist()
+        [[2.0, 0.0], [1.0, 2.0]]
+    """
     factor, info = torch.linalg.cholesky_ex(matrix)
     failed_at = int(info)
     if failed_at == 0:
-        relative_pivots = factor.diagonal().square() / matrix.diagonal()
+        relative_pivots = factor.diagonal().square() / (matrix.diagonal() if variances is None else variances)
         worst = int(relative_pivots.argmin())
         if not float(relative_pivots[worst]) >= _MIN_RELATIVE_PIVOT:
             failed_at = worst + 1
@@ -145,8 +161,8 @@ def fit_reference(mean: Tensor, covariance: Tensor, image_dim: int, count: int, 
 def _factorised(mean: Tensor, covariance: Tensor, image_dim: int, count: int) -> GaussianReference:
     """:func:`fit_reference` on a float64 covariance, ``eps`` included, of which only the lower triangle is read."""
     text_dim = covariance.shape[0] - image_dim
-    chol_joint = _cholesky(covariance, "reference (image, text) pairs")
-    chol_text = _cholesky(covariance[image_dim:, image_dim:], "reference text features")
+    chol_joint = checked_cholesky(covariance, "reference (image, text) pairs")
+    chol_text = checked_cholesky(covariance[image_dim:, image_dim:], "reference text features")
     logdet_joint = _logdet_from_cholesky(chol_joint)
     logdet_image = _logdet_from_cholesky(chol_joint[:image_dim, :image_dim])
     logdet_text = _logdet_from_cholesky(chol_text)
@@ -217,11 +233,30 @@ def _squared_norms_of_solve(chol: Tensor, factor: Tensor, split: int) -> tuple[T
     leading = chol.new_zeros(())
     for start in range(0, dim, _SOLVE_BLOCK):
         stop = min(dim, start + _SOLVE_BLOCK)
-        block = torch.linalg.solve_triangular(chol[start:, start:], factor[start:, start:stop], upper=False).square()
-        total = total + block.sum()
+        block = torch.linalg.solve_triangular(chol[start:, start:], factor[start:, start:stop], upper=False)
+        flat = block.reshape(-1)
+        total = total + torch.dot(flat, flat)  # one pass, no squared copy
         if start < split:
-            leading = leading + block[: split - start, : min(stop, split) - start].sum()
+            leading = leading + block[: split - start, : min(stop, split) - start].square().sum()
     return total, leading
+
+
+def whitened_trace(chol: Tensor, matrix: Tensor) -> Tensor:
+    """Return ``tr(S^-1 M) = tr(L^-1 M L^-T)`` for ``S = L L^T`` and a symmetric ``M`` (its lower triangle is read).
+
+    When ``M`` is positive definite this is ``|L^-1 R|_F^2`` with ``R`` its Cholesky factor, from a blocked
+    triangular solve (as :func:`block_traces`); otherwise ``L^-1 M L^-T`` is solved from both sides.
+
+    Example:
+        >>> chol = torch.linalg.cholesky(torch.tensor([[4.0, 2.0], [2.0, 5.0]], dtype=torch.float64))
+        >>> round(whitened_trace(chol, torch.eye(2, dtype=torch.float64)).item(), 12)  # tr(S^-1) = 9 / 16
+        0.5625
+    """
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) == 0:
+        return _squared_norms_of_solve(chol, factor, 0)[0]
+    lower = matrix.tril()
+    return _solve_sandwich(chol, lower + lower.tril(-1).mT).diagonal().sum()
 
 
 def _frobenius_product(first: Tensor, second: Tensor) -> Tensor:

@@ -29,6 +29,9 @@ __all__ = [
     "inverse_bias_factor",
     "mutual_information_bias",
     "shared_modality",
+    "candidate_cross_covariance",
+    "link_coupling",
+    "shared_distance",
     "corrected_terms",
 ]
 
@@ -204,26 +207,84 @@ def _repaired_distance(reference: GaussianReference, traces: BlockTraces, dof: i
     return ((dof - dz - 1) * plug_in + unpaired * dx * dy) / dof
 
 
-def _shared_link(reference: GaussianReference, candidate_packed: Tensor, num_candidates: int, shared: str) -> Tensor:
+def candidate_cross_covariance(candidate_packed: Tensor, image_dim: int) -> Tensor:
+    """Return ``C_hat_yx``, the candidates' text-image covariance about their own mean (divided by ``M - 1``).
+
+    Only this ``Dy x Dx`` block of the packed state is read and computed (it lies in the stored lower triangle).
+
+    Example:
+        >>> v = torch.tensor([[0.0, 1.0], [2.0, 5.0], [4.0, 3.0]], dtype=torch.float64)
+        >>> candidate_cross_covariance(moments.from_features(v), image_dim=1).tolist()  # cov(v[:, 1], v[:, 0])
+        [[2.0]]
+    """
+    fields = moments.unpack(candidate_packed)
+    count = fields.count.clamp(min=1.0)
+    scale = 1.0 / (float(fields.count) - 1.0)
+    sums = fields.shifted_sum
+    block = fields.shifted_outer_sum[image_dim:, :image_dim]
+    return torch.addr(block, sums[image_dim:], sums[:image_dim] / count, beta=scale, alpha=-scale)
+
+
+def link_coupling(link: Tensor) -> Tensor:
+    """Return ``2 tr(L) + tr(L^2) + tr(L)^2``, the term of the shared-rows correction that the link ``L`` adds.
+
+    It depends on the traces of ``L`` and ``L^2`` only, so any matrix similar to ``L`` gives the same value.
+
+    Example:
+        >>> link_coupling(torch.diag(torch.tensor([1.0, 2.0], dtype=torch.float64))).item()  # 2 * 3 + 5 + 9
+        20.0
+    """
+    trace = link.diagonal().sum()
+    return 2.0 * trace + (link * link.mT).sum() + trace**2
+
+
+def _shared_link(reference: GaussianReference, candidate_packed: Tensor, shared: str) -> Tensor:
     """Return ``L = Cov(u_hat, u) Sigma_u^-1``, the regression of the new modality's candidates on its reference.
 
     With shared rows ``w`` (texts or images), ``Cov(u_hat, u) = Cov(u_hat, w) Sigma_w^-1 Sigma_wu``, estimated from
-    the candidates' cross-covariance and the reference covariance.
+    the candidates' cross-covariance and the reference covariance. The reference's regression of the texts on the
+    images is ``S_yx S_x^-1 = L_yx L_x^-1`` (``L`` the joint Cholesky factor): one triangular solve.
     """
     dx = reference.image_dim
-    _, cand_scatter = moments.mean_and_scatter(candidate_packed)
-    cand_cov = cand_scatter / (num_candidates - 1)
-    # The reference's text-image block S_yx = L_yx L_xx^T (L lower triangular): a Dy x Dx x Dx product instead of
-    # rebuilding the whole covariance (the jackknife runs this once per group).
-    text_image = reference.chol_joint[dx:, :dx] @ reference.chol_image.mT
-    if shared == "text":
-        new, kept, chol_new, chol_kept = slice(0, dx), slice(dx, None), reference.chol_image, reference.chol_text
-        ref_cross = text_image  # S_wu = S_yx
-    else:
-        new, kept, chol_new, chol_kept = slice(dx, None), slice(0, dx), reference.chol_text, reference.chol_image
-        ref_cross = text_image.mT  # S_wu = S_xy
-    cross = cand_cov[new, kept] @ torch.cholesky_solve(ref_cross, chol_kept)  # Cov(u_hat, w) Sigma_w^-1 Sigma_wu
-    return torch.cholesky_solve(cross.mT, chol_new).mT
+    cand_yx = candidate_cross_covariance(candidate_packed, dx)
+    # S_yx S_x^-1 = L_yx L_xx^T L_xx^-T L_xx^-1 = L_yx L_xx^-1 (Dy x Dx), solved from the right.
+    regression = torch.linalg.solve_triangular(
+        reference.chol_image, reference.chol_joint[dx:, :dx], upper=False, left=False
+    )
+    if shared == "text":  # L = C_hat_xy S_y^-1 S_yx S_x^-1
+        return cand_yx.mT @ torch.cholesky_solve(regression, reference.chol_text)
+    # "image": L = C_hat_yx S_x^-1 S_xy S_y^-1 = (S_y^-1 (S_yx S_x^-1) C_hat_xy)^T
+    return torch.cholesky_solve(regression @ cand_yx.mT, reference.chol_text).mT
+
+
+def shared_distance(
+    own_trace: Tensor, conditional_trace: Tensor, coupling: Tensor, own_dim: int, other_dim: int, count: int
+) -> Tensor:
+    """Return the corrected distance term of candidates that reuse the reference's rows of one modality.
+
+    The shared modality's own term is exact; the conditional term of the other (new) one given it is corrected by a
+    regression argument, and its own term for its correlation with the reference through the shared rows
+    (docs/bias_correction.md, section 3).
+
+    Args:
+        own_trace: ``T_u = tr(S_u^-1 S_hat_u)`` of the new modality ``u``.
+        conditional_trace: ``T_z - T_w``, the joint trace less that of the shared modality ``w``.
+        coupling: :func:`link_coupling` of the link ``L = Cov(u_hat, u) Sigma_u^-1``, the regression of the new
+            modality's candidates on its reference rows.
+        own_dim: ``D_u``.
+        other_dim: ``D_w``.
+        count: Number of reference pairs ``N``.
+
+    Example:
+        >>> one = torch.tensor(1.0, dtype=torch.float64)
+        >>> round(shared_distance(one, one, 0.0 * one, 1, 1, 100).item(), 6)
+        0.01
+    """
+    dof = count - 1
+    joint_dim = own_dim + other_dim
+    conditional = ((count - joint_dim - 2) * conditional_trace - own_dim * (1 + other_dim)) / count
+    own = ((dof - own_dim - 1) * own_trace - own_dim + coupling) / count
+    return 0.5 * (own - conditional)
 
 
 # Default of ``corrected_terms(shared=...)``: detect the sharing with :func:`shared_modality`.
@@ -277,16 +338,10 @@ def corrected_terms(
     elif shared == "repaired":
         distance = _repaired_distance(reference, traces, dof)
     elif shared in ("text", "image"):
-        # The shared modality's own term is exact; the conditional term of the other one given it is corrected
-        # by a regression argument, and its own term for its correlation with the reference through the shared
-        # rows (docs/bias_correction.md, section 3).
         own_trace, own_dim, other_dim = (traces.image, dx, dy) if shared == "text" else (traces.text, dy, dx)
         conditional_trace = traces.joint - (traces.text if shared == "text" else traces.image)
-        conditional = ((count - dz - 2) * conditional_trace - own_dim * (1 + other_dim)) / count
-        link = _shared_link(reference, candidate_packed, num_candidates, shared)
-        coupling = 2.0 * link.diagonal().sum() + (link * link.mT).sum() + link.diagonal().sum() ** 2
-        own = ((dof - own_dim - 1) * own_trace - own_dim + coupling) / count
-        distance = 0.5 * (own - conditional)
+        coupling = link_coupling(_shared_link(reference, candidate_packed, shared))
+        distance = shared_distance(own_trace, conditional_trace, coupling, own_dim, other_dim, count)
     else:
         distance = 0.5 * (independent(traces.image, dx) + independent(traces.text, dy) - independent(traces.joint, dz))
     return mutual_info, distance

@@ -18,7 +18,8 @@ from torch import Tensor
 from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
 from mid_metric.gaussian import GaussianReference, block_traces, candidate_scatter, reference_from_moments
-from mid_metric.jackknife.grouping import leave_one_out, merge_groups
+from mid_metric.jackknife.grouping import leave_one_out, leave_one_out_moments, merge_groups
+from mid_metric.jackknife.shared_fit import SampleMoments, shared_corrected_terms, shared_terms_from_covariances
 from mid_metric.result import MIDResult
 
 __all__ = [
@@ -149,28 +150,56 @@ class JackknifeEstimates(NamedTuple):
 _SHARED_NAMES = {"text": "texts", "image": "images", "both": "pairs"}
 
 
-_DETECT = "detect"
-
-
 def _corrected(
     reference_packed: Tensor,
     candidate_packed: Tensor,
     image_dim: int,
-    shared: Optional[str] = _DETECT,
-    reference: Optional[GaussianReference] = None,
-) -> tuple[Tensor, Optional[str]]:
-    """The Gaussian-corrected ``[MID, I, distance]`` of one (sub)sample, and what its candidates share.
+    shared: Optional[str],
+    fitted: Optional[tuple[GaussianReference, Tensor]] = None,
+) -> Tensor:
+    """The Gaussian-corrected ``[MID, I, distance]`` of one (sub)sample whose candidates share ``shared``.
 
-    ``reference``: the fit of ``reference_packed`` (``eps = 0``) when the caller has it.
+    Candidates that share one modality go through :func:`shared_corrected_terms` (no joint factorisation); the
+    reference's own pairs need the mutual information only; other candidates the fit and the block traces.
+    ``fitted``: the reference's fit (``eps = 0``) and the candidates' scatter about its mean, when the caller has them.
     """
-    if reference is None:
-        reference = reference_from_moments(reference_packed, image_dim)
-    scatter = candidate_scatter(reference, candidate_packed)
-    traces = block_traces(reference, scatter)
-    if shared == _DETECT:
-        shared = wishart.shared_modality(reference, scatter, int(moments.unpack(candidate_packed).count))
-    mutual_info, distance = wishart.corrected_terms(reference, candidate_packed, scatter, traces, shared=shared)
-    return torch.stack([mutual_info + distance, mutual_info, distance]), shared
+    if shared in ("text", "image"):
+        mutual_info, distance = shared_corrected_terms(reference_packed, candidate_packed, image_dim, shared)
+        return torch.stack([mutual_info + distance, mutual_info, distance])
+    reference = reference_from_moments(reference_packed, image_dim) if fitted is None else fitted[0]
+    if shared == "both":
+        bias = wishart.mutual_information_bias(image_dim, reference.text_dim, reference.count)
+        mutual_info = reference.mutual_information - bias
+        distance = torch.zeros_like(mutual_info)
+    else:
+        scatter = candidate_scatter(reference, candidate_packed) if fitted is None else fitted[1]
+        traces = block_traces(reference, scatter)
+        mutual_info, distance = wishart.corrected_terms(reference, candidate_packed, scatter, traces, shared=shared)
+    return torch.stack([mutual_info + distance, mutual_info, distance])
+
+
+def _shared_left_out(
+    reference_full: Tensor,
+    candidate_full: Tensor,
+    reference_part: Tensor,
+    candidate_part: Tensor,
+    image_dim: int,
+    shared: str,
+) -> Tensor:
+    """The corrected ``[MID, I, distance]`` without one group, for candidates that share ``shared`` rows."""
+    count = int(reference_full[0] - reference_part[0])
+    num_candidates = int(candidate_full[0] - candidate_part[0])
+    mean, covariance = leave_one_out_moments(reference_full, reference_part, scale=1.0 / (count - 1))
+    candidate_mean, scatter = leave_one_out_moments(
+        candidate_full, candidate_part, center=mean, scale=1.0 / (num_candidates - 1)
+    )
+    mutual_info, distance = shared_terms_from_covariances(
+        SampleMoments(mean, covariance, count),
+        SampleMoments(candidate_mean, scatter, num_candidates),
+        image_dim,
+        shared,
+    )
+    return torch.stack([mutual_info + distance, mutual_info, distance])
 
 
 def _check_group_states(reference_groups: Tensor, candidate_groups: Tensor) -> None:
@@ -218,12 +247,27 @@ def _block_moments(packed: Tensor, block: slice) -> tuple[Tensor, Tensor]:
     return mean, scatter.tril()
 
 
+def _same_block_sums(reference: Tensor, candidate: Tensor, block: slice) -> bool:
+    """Whether two packed states hold bitwise the same shift and sums on the coordinates ``block`` (then the same rows).
+
+    A metric that accumulates paired rows copies the shared block
+    (:func:`mid_metric.jackknife.grouping.accumulate_group_pairs_`), so this
+    comparison, with no temporaries, usually settles the check.
+    """
+    first, second = moments.unpack(reference), moments.unpack(candidate)
+    return (
+        torch.equal(first.shift[block], second.shift[block])
+        and torch.equal(first.shifted_sum[block], second.shifted_sum[block])
+        and torch.equal(first.shifted_outer_sum[block, block], second.shifted_outer_sum[block, block])
+    )
+
+
 def _groups_share(reference_groups: Tensor, candidate_groups: Tensor, block: slice) -> bool:
     """Whether every candidate group holds the same ``block`` rows as the reference group of the same number."""
     if not torch.equal(reference_groups[:, 0], candidate_groups[:, 0]):
         return False
     for reference, candidate in zip(reference_groups, candidate_groups):
-        if float(reference[0]) == 0.0:
+        if float(reference[0]) == 0.0 or _same_block_sums(reference, candidate, block):
             continue
         ref_mean, ref_scatter = _block_moments(reference, block)
         cand_mean, cand_scatter = _block_moments(candidate, block)
@@ -294,17 +338,29 @@ def jackknife_estimates(
     reference_counts, candidate_counts = reference_groups[:, 0], candidate_groups[:, 0]
     _check_sizes(reference_counts, candidate_counts, joint_dim)
     reference_full, candidate_full = merge_groups(reference_groups), merge_groups(candidate_groups)
-    full, shared = _corrected(reference_full, candidate_full, image_dim, reference=full_reference)
+    # What the candidates share is detected once, on the full sets, from the full sample's fit and scatter.
+    if full_reference is None:
+        full_reference = reference_from_moments(reference_full, image_dim)
+    full_scatter = candidate_scatter(full_reference, candidate_full)
+    num_candidates = int(moments.unpack(candidate_full).count)
+    shared = wishart.shared_modality(full_reference, full_scatter, num_candidates)
     _check_groups_keep_sharing(reference_groups, candidate_groups, image_dim, shared)
+    full = _corrected(reference_full, candidate_full, image_dim, shared, (full_reference, full_scatter))
     kept = [k for k in range(reference_groups.shape[0]) if float(reference_counts[k]) > 0]
     left_out = []
     for k in kept:
+        if shared in ("text", "image"):  # straight to the subsets' covariances, without their packed states
+            left_out.append(
+                _shared_left_out(
+                    reference_full, candidate_full, reference_groups[k], candidate_groups[k], image_dim, shared
+                )
+            )
+            continue
         reference_rest = leave_one_out(reference_full, reference_groups[k])
         candidate_rest = leave_one_out(candidate_full, candidate_groups[k])
-        left_out.append(_corrected(reference_rest, candidate_rest, image_dim, shared)[0])
+        left_out.append(_corrected(reference_rest, candidate_rest, image_dim, shared))
     num_reference = int(moments.unpack(reference_full).count)
     fractions = reference_counts[kept] / num_reference
-    num_candidates = int(moments.unpack(candidate_full).count)
     return JackknifeEstimates(full, torch.stack(left_out), fractions, num_reference, num_candidates, shared)
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "merge_groups",
     "reduce_group_states",
     "leave_one_out",
+    "leave_one_out_moments",
 ]
 
 #: Which part of a row ``z = [x; y]`` decides its group: the text (default), the image, or both.
@@ -296,7 +297,12 @@ def group_moments(rows: Tensor, image_dim: int, num_groups: int, key: str = "tex
 
 
 def merge_groups(grouped: Tensor) -> Tensor:
-    """Return the full packed state: the exact merge (:func:`mid_metric.moments.merge`) of the ``K`` group states.
+    """Return the full packed state: the exact merge of the ``K`` group states.
+
+    As :func:`mid_metric.moments.merge`, every group is moved to the pooled mean before the sums are added: with
+    ``d_k`` the group's shift less the pooled mean and ``w_k = S1_k + n_k d_k / 2``, the pooled ``S2`` is
+    ``sum_k S2_k + D W^T + W D^T`` (``D``, ``W`` the ``D x K`` matrices of the ``d_k`` and ``w_k``): one reduction
+    over the groups and one product of inner dimension ``2 K``, with no ``D x D`` temporary per group.
 
     Example:
         >>> z = torch.randn(30, 2, dtype=torch.float64)
@@ -305,7 +311,24 @@ def merge_groups(grouped: Tensor) -> Tensor:
         ...                                          moments.mean_and_scatter(moments.from_features(z))))
         True
     """
-    return moments.merge(grouped).clone() if grouped.shape[0] == 1 else moments.merge(grouped)
+    if grouped.shape[0] == 1:
+        return grouped[0].clone()
+    dim = moments.dim_from_packed_size(grouped.shape[1])
+    counts = grouped[:, :1]
+    shifts, sums = grouped[:, 1 : 1 + dim], grouped[:, 1 + dim : 1 + 2 * dim]
+    total = counts.sum()
+    pooled_mean = (counts * shifts + sums).sum(dim=0) / total.clamp(min=1.0)
+    offsets = shifts - pooled_mean
+    weighted = sums + 0.5 * counts * offsets
+    merged = torch.empty_like(grouped[0])
+    fields = moments.unpack(merged)
+    fields.count.copy_(total)
+    fields.shift.copy_(pooled_mean)
+    torch.sum(sums + counts * offsets, dim=0, out=fields.shifted_sum)
+    outer_sum = merged[1 + 2 * dim :]
+    torch.sum(grouped[:, 1 + 2 * dim :], dim=0, out=outer_sum)
+    outer_sum.view(dim, dim).addmm_(torch.cat([offsets, weighted]).mT, torch.cat([weighted, offsets]))
+    return merged
 
 
 def reduce_group_states(stacked: Tensor) -> Tensor:
@@ -358,3 +381,46 @@ def leave_one_out(full: Tensor, part: Tensor) -> Tensor:
     torch.sub(fields.shifted_outer_sum, part_fields.shifted_outer_sum, out=rest_fields.shifted_outer_sum)
     moments.subtract_symmetric_rank2_lower_(rest_fields.shifted_outer_sum, offset, weighted)
     return rest
+
+
+def leave_one_out_moments(
+    full: Tensor, part: Tensor, center: Optional[Tensor] = None, scale: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Return the mean and the scaled scatter of the rows of ``full`` that are not in ``part``, lower triangle only.
+
+    This is :func:`mid_metric.moments.mean_and_scatter` of :func:`leave_one_out` (about the rows' own mean, or
+    ``center``), in two passes over the ``D x D`` matrix instead of five: with ``c`` the full shift,
+    ``d = shift_part - c``, ``w = S1_part + n_part d / 2``, the rest's sums about ``c`` are ``S1 = S1_full - S1_part
+    - n_part d`` and ``S2 = S2_full - S2_part - d w^T - w d^T``, and its scatter about a point ``t`` is
+    ``S2 + e u^T + u e^T`` with ``e = c - t``, ``u = S1 + n e / 2``: one difference and one rank-4 product.
+
+    Args:
+        full: Packed moments of all the rows.
+        part: Packed moments of a subset of them (one group's state).
+        center: The point the scatter is taken about; the rest's own mean when ``None``.
+        scale: Factor applied to the scatter.
+
+    Returns:
+        ``(mean, scatter)``, both new float64 tensors; only the lower triangle of ``scatter`` (diagonal included)
+        is meaningful.
+
+    Example:
+        >>> a, b = torch.randn(20, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
+        >>> full = moments.merge(torch.stack([moments.from_features(a), moments.from_features(b)]))
+        >>> mean, scatter = leave_one_out_moments(full, moments.from_features(b))
+        >>> bool(torch.allclose(mean, a.mean(0)) and torch.allclose(scatter.tril(), (19 * a.T.cov()).tril()))
+        True
+    """
+    fields, part_fields = moments.unpack(full), moments.unpack(part)
+    part_count = part_fields.count
+    count = fields.count - part_count
+    offset = part_fields.shift - fields.shift
+    weighted = part_fields.shifted_sum + 0.5 * part_count * offset
+    rest_sum = fields.shifted_sum - (part_fields.shifted_sum + part_count * offset)
+    mean = fields.shift + rest_sum / count.clamp(min=1.0)
+    to_center = fields.shift - (mean if center is None else center)
+    centred = rest_sum + 0.5 * count * to_center
+    left = torch.stack([-offset, -weighted, to_center, centred], dim=1)
+    right = torch.stack([weighted, offset, centred, to_center], dim=0)
+    scatter = torch.sub(fields.shifted_outer_sum, part_fields.shifted_outer_sum)
+    return mean, scatter.addmm_(left, right, beta=scale, alpha=scale)
