@@ -45,6 +45,7 @@ from mid_metric._checks.batches import (
     check_reference_captions,
     check_references,
     check_same_batch,
+    check_same_device,
     check_within_bound,
 )
 from mid_metric._checks.results import (
@@ -87,6 +88,7 @@ __all__ = [
     "check_within_bound",
     "check_pairs",
     "check_same_batch",
+    "check_same_device",
     "check_nonzero_rows",
     "check_float32_range",
     "check_references",

@@ -148,6 +148,18 @@ def check_same_batch(first: Tensor, second: Tensor, first_name: str, second_name
             f"`{first_name}` and `{second_name}` must hold the same number of pairs,"
             f" got {first.shape[0]} and {second.shape[0]} rows."
         )
+    check_same_device(first, second, first_name, second_name)
+
+
+def check_same_device(first: Tensor, second: Tensor, first_name: str, second_name: str) -> None:
+    """Check that two tensors live on the same device.
+
+    Raises:
+        ValueError: If they do not, naming both arguments and their devices.
+
+    Example:
+        >>> check_same_device(torch.zeros(2, 1), torch.zeros(5, 1), "real_features", "generated_features")
+    """
     if first.device != second.device:
         raise ValueError(
             f"`{first_name}` and `{second_name}` must be on the same device, got {first.device} and {second.device}."

@@ -38,7 +38,14 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from mid_metric._checks import check_bool, check_features, check_nonzero_rows, check_positive_int, check_positive_number
+from mid_metric._checks import (
+    check_bool,
+    check_features,
+    check_nonzero_rows,
+    check_positive_int,
+    check_positive_number,
+    check_same_device,
+)
 
 __all__ = ["DEFAULT_BLOCK_SIZE", "cmmd", "cmmd_of_parts"]
 
@@ -236,11 +243,7 @@ def cmmd(
     sigma, scale, unbiased, normalize, block_size = check_cmmd_arguments(sigma, scale, unbiased, normalize, block_size)
     real_features = check_features(real_features, "real_features")
     generated_features = check_features(generated_features, "generated_features", real_features.shape[1])
-    if real_features.device != generated_features.device:
-        raise ValueError(
-            "`real_features` and `generated_features` must be on the same device, got"
-            f" {real_features.device} and {generated_features.device}."
-        )
+    check_same_device(real_features, generated_features, "real_features", "generated_features")
     if normalize:
         check_nonzero_rows(real_features, "real_features")
         check_nonzero_rows(generated_features, "generated_features")

@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor
 
-from mid_metric._checks import FLOATING_DTYPES, check_features
+from mid_metric._checks import FLOATING_DTYPES, check_features, check_same_device
 
 __all__ = ["EIGENVALUE_TOLERANCE", "frechet_distance", "frechet_distance_from_moments", "mean_and_covariance"]
 
@@ -216,11 +216,7 @@ def frechet_distance(real_features: Tensor, generated_features: Tensor) -> Tenso
     """
     real_features = check_features(real_features, "real_features")
     generated_features = check_features(generated_features, "generated_features", real_features.shape[1])
-    if real_features.device != generated_features.device:
-        raise ValueError(
-            "`real_features` and `generated_features` must be on the same device, got"
-            f" {real_features.device} and {generated_features.device}."
-        )
+    check_same_device(real_features, generated_features, "real_features", "generated_features")
     mean_real, covariance_real = mean_and_covariance(real_features, "real_features")
     mean_generated, covariance_generated = mean_and_covariance(generated_features, "generated_features")
     return frechet_distance_from_moments(mean_real, covariance_real, mean_generated, covariance_generated)
