@@ -2,20 +2,28 @@
 
     python benchmarks/jackknife_compute.py            # D = 768 per modality, N = 10k, 5 alternating repeats
     python benchmarks/jackknife_compute.py --quick    # 3 repeats
+    python benchmarks/jackknife_compute.py --before /tmp/old   # first the same run on an extracted older package
+
+``--before DIR`` runs this script first with ``DIR`` (a folder holding an older ``mid_metric``, e.g. from
+``git archive <commit> mid_metric | tar -x -C DIR``) at the head of ``PYTHONPATH``, then measures the working tree, and
+prints both tables: each ratio is taken within its own run, one right after the other.
 
 Both metrics get the same float32 CLIP-like pairs (reference pairs, and candidates generated from the same
 captions, fed in batches of 1024), then ``compute()`` once untimed. A timed ``compute()`` drops the metric's cached
 value first and then computes again from the same statistics, as a second candidate set against the same reference
 would: the plain metric reuses its reference fit (and its precision matrices), and so does the jackknife for its
-full sample, but it fits every leave-one-group-out sample afresh. Both take turns in an order that rotates with
-each repeat, each timed by this process's CPU time (all threads), and the figure is the ratio of the medians.
+full sample (whose traces come from the sharing test), but it fits every leave-one-group-out sample afresh. Both
+take turns in an order that rotates with each repeat, each timed by this process's CPU time (all threads), and the
+figure is the ratio of the medians.
 Target of issue 23: at most 6 at D = 768.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,9 +56,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000, help="reference pairs (and as many candidates)")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats")
     parser.add_argument("--quick", action="store_true", help="3 repeats")
+    parser.add_argument("--before", metavar="DIR", help="first run the same measurement on the package in DIR")
     args = parser.parse_args()
     if args.quick:
         args.repeats = 3
+    if args.before:
+        command = [sys.executable, __file__, "--dim", str(args.dim), "--rows", str(args.rows)]
+        command += ["--repeats", str(args.repeats)]
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([args.before, os.environ.get("PYTHONPATH", "")]))
+        print(f"## before ({args.before})\n", flush=True)
+        subprocess.run(command, env=environment, check=True, cwd=args.before)
+        print("\n## after (this working tree)\n", flush=True)
     generator, cpu = torch.Generator().manual_seed(0), torch.device("cpu")
     images, texts, generated = (clip_like_features(args.rows, args.dim, generator, cpu) for _ in range(3))
     metrics = {}
