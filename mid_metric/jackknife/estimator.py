@@ -17,7 +17,13 @@ from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
-from mid_metric.gaussian import GaussianReference, block_traces, candidate_scatter, reference_from_moments
+from mid_metric.gaussian import (
+    GaussianReference,
+    block_traces,
+    candidate_scatter,
+    one_thread,
+    reference_from_moments,
+)
 from mid_metric.jackknife.grouping import leave_one_out, leave_one_out_moments, merge_groups
 from mid_metric.jackknife.shared_fit import SampleMoments, shared_terms_from_covariances
 from mid_metric.result import MIDResult
@@ -189,10 +195,11 @@ def _shared_left_out(
     """
     count = int(reference_full[0] - reference_part[0])
     num_candidates = int(candidate_full[0] - candidate_part[0])
-    mean, covariance = leave_one_out_moments(reference_full, reference_part, scale=1.0 / (count - 1))
-    candidate_mean, scatter = leave_one_out_moments(
-        candidate_full, candidate_part, center=mean, scale=1.0 / (num_candidates - 1)
-    )
+    with one_thread():  # memory-bound passes: cheaper on one thread on a busy machine
+        mean, covariance = leave_one_out_moments(reference_full, reference_part, scale=1.0 / (count - 1))
+        candidate_mean, scatter = leave_one_out_moments(
+            candidate_full, candidate_part, center=mean, scale=1.0 / (num_candidates - 1)
+        )
     mutual_info, distance = shared_terms_from_covariances(
         SampleMoments(mean, covariance, count),
         SampleMoments(candidate_mean, scatter, num_candidates),

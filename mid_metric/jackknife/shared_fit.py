@@ -24,12 +24,14 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_candidate_count
-from mid_metric.gaussian import checked_cholesky, whitened_trace
+from mid_metric.batch_passes import host_array
+from mid_metric.gaussian import checked_cholesky, one_thread, precision_from_cholesky
 
 __all__ = ["SampleMoments", "shared_corrected_terms", "shared_terms_from_covariances"]
 
@@ -44,7 +46,44 @@ class SampleMoments(NamedTuple):
 
 def _log_determinant_half(factor: Tensor) -> Tensor:
     """``log|S| / 2`` from the Cholesky factor of ``S``."""
-    return factor.diagonal().log().sum()
+    pivots = host_array(factor.diagonal())
+    if pivots is None:
+        return factor.diagonal().log().sum()
+    return torch.tensor(float(np.log(pivots).sum()), dtype=factor.dtype)
+
+
+def _trace_of_product(precision: Tensor, lower: Tensor) -> Tensor:
+    """``tr(P M)`` for a symmetric ``P`` (both triangles stored) and a symmetric ``M`` (its lower triangle is read).
+
+    On the CPU the passes run in numpy on the calling thread (see :mod:`mid_metric.batch_passes`: a parallel region
+    per pass costs more than the pass on a busy machine).
+    """
+    first, second = host_array(precision), host_array(lower)
+    if first is None or second is None:
+        products = precision * lower
+        return 2.0 * products.tril().sum() - products.diagonal().sum()
+    products = first * second
+    return torch.tensor(2.0 * float(np.tril(products).sum()) - float(np.trace(products)), dtype=precision.dtype)
+
+
+def _conditional_scatter(scatter: Tensor, mixed: Tensor, explained: Tensor) -> Tensor:
+    """``C = S_hat_u - X - X^T + E``, the candidates' scatter about the reference regression (lower triangle)."""
+    arrays = [host_array(matrix) for matrix in (scatter, mixed, explained)]
+    if any(array is None for array in arrays):
+        return (scatter - mixed).sub_(mixed.mT).add_(explained)
+    result = arrays[0] - arrays[1]
+    result -= arrays[1].T
+    result += arrays[2]
+    return torch.from_numpy(result)
+
+
+def _link_coupling(link: Tensor) -> Tensor:
+    """:func:`mid_metric.wishart.link_coupling`, its passes on the calling thread on the CPU."""
+    array = host_array(link)
+    if array is None:
+        return wishart.link_coupling(link)
+    trace = float(np.trace(array))
+    return torch.tensor(2.0 * trace + float((array * array.T).sum()) + trace**2, dtype=link.dtype)
 
 
 def shared_corrected_terms(
@@ -121,28 +160,30 @@ def shared_terms_from_covariances(
     chol_new = checked_cholesky(covariance[new, new], f"reference {new_what} features")
     new_dim = chol_new.shape[0]
     # [G^T, G_hat^T] = L_w^-1 [S_wu, S_hat_wu], then [G G^T, G G_hat^T] in one product.
-    whitened = torch.linalg.solve_triangular(
-        chol_kept, torch.cat([new_by_kept(covariance).mT, new_by_kept(scatter).mT], dim=1), upper=False
-    )
+    with one_thread():  # (a copy: memory-bound)
+        right_side = torch.cat([new_by_kept(covariance).mT, new_by_kept(scatter).mT], dim=1)
+    whitened = torch.linalg.solve_triangular(chol_kept, right_side, upper=False)
     products = whitened[:, :new_dim].mT @ whitened
     explained, mixed = products[:, :new_dim], products[:, new_dim:]  # B S_w B^T and B S_hat_wu
     new_variances = covariance[new, new].diagonal()
-    chol_conditional = checked_cholesky(
-        covariance[new, new] - explained, "reference (image, text) pairs", new_variances
-    )
+    with one_thread():
+        schur_complement = covariance[new, new] - explained
+    chol_conditional = checked_cholesky(schur_complement, "reference (image, text) pairs", new_variances)
     mutual_info = _log_determinant_half(chol_new) - _log_determinant_half(chol_conditional)
-    own_trace = whitened_trace(chol_new, scatter[new, new])
-    conditional_trace = whitened_trace(chol_conditional, scatter[new, new] - mixed - mixed.mT + explained)
+    # Both traces and the link from the two inverses (one thread's inverse of a factor costs less than factorising
+    # the candidates' block and solving, and S_u^-1 serves the link too: S_u^-1 F is similar to L).
+    new_precision = precision_from_cholesky(chol_new)
+    own_trace = _trace_of_product(new_precision, scatter[new, new])
+    conditional_scatter = _conditional_scatter(scatter[new, new], mixed, explained)
+    conditional_trace = _trace_of_product(precision_from_cholesky(chol_conditional), conditional_scatter)
     # The link L = C_hat_uw B^T S_u^-1, with C_hat the candidates' covariance about their own mean:
-    # C_hat = S_hat - M / (M - 1) d d^T for d their mean less the reference's; L is similar to L_u^-1 F L_u^-T.
+    # C_hat = S_hat - M / (M - 1) d d^T for d their mean less the reference's; L is similar to S_u^-1 F.
     offset = candidate_mean - mean
     regressed_offset = whitened[:, :new_dim].mT @ torch.linalg.solve_triangular(
         chol_kept, offset[kept].unsqueeze(1), upper=False
     )
-    numerator = mixed.mT - num_candidates / (num_candidates - 1) * torch.outer(offset[new], regressed_offset[:, 0])
-    half = torch.linalg.solve_triangular(chol_new, numerator, upper=False)
-    similar_link = torch.linalg.solve_triangular(chol_new, half.mT, upper=False).mT
-    coupling = wishart.link_coupling(similar_link)
+    numerator = torch.addr(mixed.mT, offset[new], regressed_offset[:, 0], alpha=-num_candidates / (num_candidates - 1))
+    coupling = _link_coupling(new_precision @ numerator)
     mutual_info = mutual_info - wishart.mutual_information_bias(image_dim, dim - image_dim, count)
     own_dim, other_dim = new_dim, dim - new_dim
     distance = wishart.shared_distance(own_trace, conditional_trace, coupling, own_dim, other_dim, count)
