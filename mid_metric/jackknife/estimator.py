@@ -314,6 +314,7 @@ def jackknife_estimates(
     candidate_groups: Tensor,
     image_dim: int,
     full_reference: Optional[GaussianReference] = None,
+    merged: Optional[tuple[Tensor, Tensor]] = None,
 ) -> JackknifeEstimates:
     """Return the Gaussian-corrected MID terms of the full sample and of every leave-one-group-out sample.
 
@@ -330,6 +331,8 @@ def jackknife_estimates(
         image_dim: ``Dx``.
         full_reference: The fit (``eps = 0``) of ``merge_groups(reference_groups)``, when the caller has it (the
             metric's reference fit): it is used as it is instead of fitted again.
+        merged: ``(merge_groups(reference_groups), merge_groups(candidate_groups))``, when the caller keeps them
+            (the metric's stores cache them): used as they are instead of merged again.
 
     Returns:
         :class:`JackknifeEstimates`.
@@ -344,7 +347,9 @@ def jackknife_estimates(
     joint_dim = moments.dim_from_packed_size(reference_groups.shape[1])
     reference_counts, candidate_counts = reference_groups[:, 0], candidate_groups[:, 0]
     _check_sizes(reference_counts, candidate_counts, joint_dim)
-    reference_full, candidate_full = merge_groups(reference_groups), merge_groups(candidate_groups)
+    if merged is None:
+        merged = (merge_groups(reference_groups), merge_groups(candidate_groups))
+    reference_full, candidate_full = merged
     # What the candidates share is detected once, on the full sets, from the full sample's fit and scatter.
     if full_reference is None:
         full_reference = reference_from_moments(reference_full, image_dim)

@@ -264,8 +264,9 @@ class MutualInformationDivergence(
         reference = self._fitted_reference()
         if self.uses_jackknife:
             groups = (self._stores.reference.state, self._stores.candidate.state)
-            full = self._reference_fit.fit_of(self._stores.reference.moments(), 0.0)  # (the full sample's fit)
-            estimates = jackknife.jackknife_estimates(*groups, self.image_dim, full)
+            merged = (self._stores.reference.moments(), self._stores.candidate.moments())  # (cached merges)
+            full = self._reference_fit.fit_of(merged[0], 0.0)  # (the full sample's fit)
+            estimates = jackknife.jackknife_estimates(*groups, self.image_dim, full, merged)
             result = estimates.result(level=None)
             self._last = (result, reference, estimates)  # compute_with_ci takes its interval from them
             return result.mid
