@@ -12,7 +12,9 @@ from mid_metric.gaussian import (
     block_traces,
     candidate_scatter,
     fit_reference,
+    one_thread,
     pointwise_mutual_information_from_reference,
+    precision_from_cholesky,
     reference_from_moments,
     whitened_scatter,
 )
@@ -117,3 +119,21 @@ def test_the_reference_fit_reads_only_the_lower_triangle():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 def test_the_reference_fit_reads_only_the_lower_triangle_on_cuda():
     _lower_only_fit_matches("cuda")
+
+
+def test_precision_from_cholesky_is_the_inverse_and_restores_the_threads():
+    cov = _spd(9, 3)
+    threads = torch.get_num_threads()
+    precision = precision_from_cholesky(torch.linalg.cholesky(cov))
+    assert torch.get_num_threads() == threads
+    torch.testing.assert_close(precision, torch.linalg.inv(cov), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(precision @ cov, torch.eye(9, dtype=F64), rtol=0, atol=1e-12)
+
+
+def test_one_thread_restores_the_threads_after_an_error():
+    threads = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="inside"):
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("inside")
+    assert torch.get_num_threads() == threads
