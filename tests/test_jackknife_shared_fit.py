@@ -145,6 +145,12 @@ def test_leave_one_out_moments_equal_the_rest_of_the_rows(center):
         torch.testing.assert_close(
             scatter.tril(), expected.tril(), rtol=1e-11, atol=1e-11 * float(expected.abs().max())
         )
+        blocks = [(slice(0, 2), slice(0, 2)), (slice(2, None), slice(None))]  # what the shared fit reads
+        _, only = leave_one_out_moments(full, groups[k], point if center else None, 1.0 / 7.0, blocks=blocks)
+        for block in blocks:
+            torch.testing.assert_close(
+                only.tril()[block], expected.tril()[block], rtol=1e-11, atol=1e-11 * float(expected.abs().max())
+            )
 
 
 def test_merge_groups_equals_the_moments_of_all_rows():

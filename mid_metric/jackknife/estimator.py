@@ -195,10 +195,17 @@ def _shared_left_out(
     """
     count = int(reference_full[0] - reference_part[0])
     num_candidates = int(candidate_full[0] - candidate_part[0])
+    # Only the blocks that shared_terms_from_covariances reads: the reference's lower three, the candidates' new
+    # block and its rows against the shared one (the candidates' shared block is the reference's).
+    images, texts = slice(0, image_dim), slice(image_dim, None)
+    reference_blocks = [(images, images), (texts, slice(None))]
+    candidate_blocks = [(slice(None), images)] if shared == "text" else [(texts, slice(None))]
     with one_thread():  # memory-bound passes: cheaper on one thread on a busy machine
-        mean, covariance = leave_one_out_moments(reference_full, reference_part, scale=1.0 / (count - 1))
+        mean, covariance = leave_one_out_moments(
+            reference_full, reference_part, scale=1.0 / (count - 1), blocks=reference_blocks
+        )
         candidate_mean, scatter = leave_one_out_moments(
-            candidate_full, candidate_part, center=mean, scale=1.0 / (num_candidates - 1)
+            candidate_full, candidate_part, center=mean, scale=1.0 / (num_candidates - 1), blocks=candidate_blocks
         )
     mutual_info, distance = shared_terms_from_covariances(
         SampleMoments(mean, covariance, count),

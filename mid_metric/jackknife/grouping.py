@@ -9,7 +9,7 @@ the moments of all the rows, and :func:`leave_one_out` gives those of all the ro
 from __future__ import annotations
 
 import functools
-from collections.abc import MutableSequence
+from collections.abc import MutableSequence, Sequence
 from typing import Optional
 
 import torch
@@ -384,7 +384,11 @@ def leave_one_out(full: Tensor, part: Tensor) -> Tensor:
 
 
 def leave_one_out_moments(
-    full: Tensor, part: Tensor, center: Optional[Tensor] = None, scale: float = 1.0
+    full: Tensor,
+    part: Tensor,
+    center: Optional[Tensor] = None,
+    scale: float = 1.0,
+    blocks: Optional[Sequence[tuple[slice, slice]]] = None,
 ) -> tuple[Tensor, Tensor]:
     """Return the mean and the scaled scatter of the rows of ``full`` that are not in ``part``, lower triangle only.
 
@@ -399,10 +403,12 @@ def leave_one_out_moments(
         part: Packed moments of a subset of them (one group's state).
         center: The point the scatter is taken about; the rest's own mean when ``None``.
         scale: Factor applied to the scatter.
+        blocks: ``(rows, columns)`` slices of the scatter to compute, when the caller reads only those (the rest
+            of the matrix is left uninitialised); the whole matrix when ``None``.
 
     Returns:
         ``(mean, scatter)``, both new float64 tensors; only the lower triangle of ``scatter`` (diagonal included)
-        is meaningful.
+        is meaningful, and only in ``blocks`` when they are given.
 
     Example:
         >>> a, b = torch.randn(20, 3, dtype=torch.float64), torch.randn(7, 3, dtype=torch.float64)
@@ -422,5 +428,12 @@ def leave_one_out_moments(
     centred = rest_sum + 0.5 * count * to_center
     left = torch.stack([-offset, -weighted, to_center, centred], dim=1)
     right = torch.stack([weighted, offset, centred, to_center], dim=0)
-    scatter = torch.sub(fields.shifted_outer_sum, part_fields.shifted_outer_sum)
-    return mean, scatter.addmm_(left, right, beta=scale, alpha=scale)
+    if blocks is None:
+        scatter = torch.sub(fields.shifted_outer_sum, part_fields.shifted_outer_sum)
+        return mean, scatter.addmm_(left, right, beta=scale, alpha=scale)
+    scatter = torch.empty_like(fields.shifted_outer_sum)
+    for rows, columns in blocks:
+        block = scatter[rows, columns]
+        torch.sub(fields.shifted_outer_sum[rows, columns], part_fields.shifted_outer_sum[rows, columns], out=block)
+        block.addmm_(left[rows], right[:, columns], beta=scale, alpha=scale)
+    return mean, scatter
