@@ -421,3 +421,29 @@ def test_leave_one_out_fits_match_the_subsets_fitted_from_scratch():
         mi, distance = wishart.corrected_terms(reference, subset[1], scatter, traces, shared=estimates.shared)
         expected = torch.stack([mi + distance, mi, distance])
         torch.testing.assert_close(estimates.left_out[index], expected, rtol=1e-10, atol=0)
+
+
+def test_too_few_reference_pairs_without_a_group_advises_more_groups_and_never_eps():
+    # 4 + 4 features: the jackknife needs more than Dx + Dy + 2 = 10 reference pairs without each group. With 14
+    # pairs in 2 groups the larger group leaves at most 7; more groups (smaller ones) would leave more.
+    from mid_metric import MutualInformationDivergence
+
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(14, 4, generator=gen), torch.randn(14, 4, generator=gen)
+    metric = MutualInformationDivergence(feature=4, bias_correction="jackknife", jackknife_groups=2)
+    metric.update(x, y, real=True)
+    metric.update(x + 0.1, y, real=False)
+    with pytest.raises(ValueError, match=r"without each group") as caught:
+        metric.compute()
+    assert "more groups (`jackknife_groups`" in str(caught.value) and "eps" not in str(caught.value)
+
+
+def test_a_non_finite_bias_corrected_result_does_not_suggest_eps():
+    from mid_metric._checks import check_finite_result
+
+    value = torch.tensor([float("nan")])
+    with pytest.raises(ValueError, match="Set `eps` > 0"):
+        check_finite_result(value, "MID")
+    with pytest.raises(ValueError, match="Check the features' scale") as caught:
+        check_finite_result(value, "MID", regularisable=False)
+    assert "eps" not in str(caught.value)

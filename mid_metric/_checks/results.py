@@ -6,8 +6,11 @@ import torch
 from torch import Tensor
 
 
-def check_finite_result(value: Tensor, what: str) -> Tensor:
+def check_finite_result(value: Tensor, what: str, regularisable: bool = True) -> Tensor:
     """Raise instead of returning a NaN or infinite result; return ``value`` otherwise.
+
+    ``regularisable=False`` for the bias-corrected estimators, which need ``eps = 0``: their message does not
+    suggest ``eps``.
 
     Raises:
         ValueError: If any element of ``value`` is NaN or infinite.
@@ -21,10 +24,10 @@ is too ill-conditioned, for float64. Set `eps` > 0 or check the features' scale.
     """
     finite = torch.isfinite(value)
     if not bool(finite.all()):
+        advice = "Set `eps` > 0 or check" if regularisable else "Check"
         raise ValueError(
             f"{what} is not finite ({int((~finite).sum())} of {value.numel()} values): the pairs are too far from the"
-            " reference, or its covariance is too ill-conditioned, for float64. Set `eps` > 0 or check the features'"
-            " scale."
+            f" reference, or its covariance is too ill-conditioned, for float64. {advice} the features' scale."
         )
     return value
 

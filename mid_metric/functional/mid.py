@@ -94,7 +94,7 @@ def divergence_from_moments(
     else:
         mutual_info = reference.mutual_information
         distance = 0.5 * (traces.image + traces.text - traces.joint)
-    mid = check_finite_result(mutual_info + distance, "MID")
+    mid = check_finite_result(mutual_info + distance, "MID", regularisable=not bias_correction)
     num_candidates = int(moments.unpack(candidate_packed).count)
     return MIDResult(mid, mutual_info, distance, reference.count, num_candidates, bias_corrected=bias_correction)
 

@@ -133,8 +133,8 @@ class JackknifeEstimates(NamedTuple):
         """
         check_level(level, allow_none=True)
         values, errors = self.combined()
-        mid = check_finite_result(values[0], "MID")
-        standard_error = check_finite_result(errors[0], "The standard error")
+        mid = check_finite_result(values[0], "MID", regularisable=False)
+        standard_error = check_finite_result(errors[0], "The standard error", regularisable=False)
         ci_low = ci_high = None
         if level is not None:
             quantile = two_sided_t_quantile(float(level), self.left_out.shape[0] - 1)
@@ -233,8 +233,8 @@ def _check_sizes(reference_counts: Tensor, candidate_counts: Tensor, joint_dim: 
     if smallest <= joint_dim + 2:
         raise ValueError(
             f"The jackknife needs more than Dx + Dy + 2 = {joint_dim + 2} reference pairs without each group; without"
-            f" its largest group the reference has {smallest} of {int(total)}. Pass more reference pairs, fewer"
-            " `num_groups`, or use `bias_correction=True`."
+            f" its largest group the reference has {smallest} of {int(total)}. Pass more reference pairs, more groups"
+            " (`jackknife_groups`, each then holds fewer pairs), or use `bias_correction=True`."
         )
     if int(total_candidates - float(candidate_counts.max())) < 2:
         raise ValueError(
@@ -459,4 +459,4 @@ def jackknife_mutual_information(reference_groups: Tensor, image_dim: int) -> tu
     left_out = torch.stack([corrected_mi(leave_one_out(full_state, reference_groups[k])) for k in kept])
     fractions = counts[kept] / counts.sum()
     estimate, error = jackknife_combine(corrected_mi(full_state), left_out, fractions)
-    return check_finite_result(estimate, "The mutual information"), error
+    return check_finite_result(estimate, "The mutual information", regularisable=False), error
