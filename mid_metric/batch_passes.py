@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TORCH_PARALLEL_GRAIN", "centre_rows_", "column_sums", "host_array", "within_bound"]
+__all__ = ["TORCH_PARALLEL_GRAIN", "centre_rows_", "column_sums", "host_array", "take_rows", "within_bound"]
 
 _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 
@@ -130,3 +130,16 @@ def column_sums(rows: Tensor) -> Tensor:
     if array is None or rows.numel() < TORCH_PARALLEL_GRAIN:
         return rows.sum(dim=0)
     return torch.from_numpy(np.add.reduce(array, axis=0))
+
+
+def take_rows(rows: Tensor, index: Tensor) -> Tensor:
+    """``rows[index]`` for a 1-D int64 ``index``: a new tensor, gathered on the calling thread on the CPU.
+
+    Example:
+        >>> take_rows(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([2, 0])).tolist()
+        [[3.0], [1.0]]
+    """
+    array, positions = host_array(rows), host_array(index)
+    if array is None or positions is None:
+        return rows[index]
+    return torch.from_numpy(np.take(array, positions, axis=0))

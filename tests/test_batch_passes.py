@@ -115,3 +115,38 @@ def test_a_batch_above_the_grain_accumulates_as_two_pass_and_pairs_stay_bitwise(
     mean, scatter = moments.mean_and_scatter(reference)
     torch.testing.assert_close(mean, joint.mean(dim=0), rtol=0, atol=1e-14)
     torch.testing.assert_close(scatter, centred.T @ centred, rtol=1e-12, atol=1e-12)
+
+
+def test_take_rows_equals_indexing_on_every_path():
+    from mid_metric.batch_passes import take_rows
+
+    rows = torch.randn(50, 7, dtype=torch.float64)
+    index = torch.randperm(50)[:30]
+    for source in (rows, rows.float(), rows.bfloat16(), rows[:, 2:5]):  # numpy paths, the torch path, a strided view
+        assert torch.equal(take_rows(source, index), source[index])
+
+
+def _hash_from_the_formula(rows: torch.Tensor) -> torch.Tensor:
+    """The row hash written out from its definition, in Python integers: mix(sum_j (a_j u_j mod p) mod p)."""
+    import struct
+
+    from mid_metric.jackknife import grouping
+
+    prime, coefficients = 2**31 - 1, grouping._coefficients_list(rows.shape[1])
+    sums = []
+    for row in rows.double().tolist():
+        tops = [struct.unpack("<Q", struct.pack("<d", value + 0.0))[0] >> 32 for value in row]
+        sums.append(sum(a * u % prime for a, u in zip(coefficients, tops)) % prime)
+    return grouping._mix(torch.tensor(sums, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_row_hashes_on_the_host_follow_the_formula(dtype):
+    from mid_metric.jackknife import row_hashes
+
+    gen = torch.Generator().manual_seed(5)
+    rows = (torch.randn(300, 9, generator=gen) * torch.logspace(-3, 3, 9)).to(dtype)  # two blocks of 256 rows
+    rows[0, 0], rows[1, 1], rows[2, 2], rows[3, 3], rows[4] = -0.0, float("inf"), float("-inf"), float("nan"), 0.0
+    expected = _hash_from_the_formula(rows)
+    assert torch.equal(row_hashes(rows), expected)
+    assert torch.equal(row_hashes(rows[:, 3:7]), _hash_from_the_formula(rows[:, 3:7]))  # a strided block

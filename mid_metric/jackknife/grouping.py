@@ -12,10 +12,12 @@ import functools
 from collections.abc import MutableSequence, Sequence
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from mid_metric import moments
+from mid_metric.batch_passes import host_array, take_rows
 
 __all__ = [
     "GROUP_KEYS",
@@ -79,6 +81,35 @@ def _mix(h: Tensor) -> Tensor:
     return h
 
 
+#: Rows hashed at a time on the host: the work buffer (256 x 768 x 8 bytes) stays in the cache for all its passes.
+_HOST_HASH_ROWS = 256
+
+
+def _hash_sums_on_host(array: np.ndarray) -> np.ndarray:
+    """``(sum_j (a_j u_j mod p)) mod p`` of each row, as :func:`row_hashes` computes it, on the calling thread.
+
+    The same integer arithmetic as the torch path, in numpy, a block of rows at a time in one reused buffer: the
+    sums are bitwise the same, without a parallel region per pass (see :mod:`mid_metric.batch_passes`).
+    """
+    count, dim = array.shape
+    coefficients = np.asarray(_coefficients_list(dim), dtype=np.int64)
+    sums = np.empty(count, dtype=np.int64)
+    buffer = np.empty((min(count, _HOST_HASH_ROWS), dim), dtype=np.float64)
+    carry = np.empty_like(buffer, dtype=np.int64)
+    for start in range(0, count, _HOST_HASH_ROWS):
+        block = array[start : start + _HOST_HASH_ROWS]
+        values, top, high = buffer[: len(block)], buffer[: len(block)].view(np.int64), carry[: len(block)]
+        np.add(block, 0.0, out=values, dtype=np.float64)  # an exact cast; -0.0 + 0.0 is +0.0
+        np.right_shift(top, 32, out=top)  # arithmetic shift: in [-2^31, 2^31)
+        np.bitwise_and(top, _MASK32, out=top)
+        np.multiply(top, coefficients, out=top)  # [0, 2^32) x [1, 2^31): < 2^63
+        np.right_shift(top, 31, out=high)
+        np.bitwise_and(top, _PRIME, out=top)
+        np.add(top, high, out=top)  # congruent to the product mod p, below 2^33
+        np.sum(top, axis=1, out=sums[start : start + len(block)])
+    return sums % _PRIME
+
+
 def row_hashes(rows: Tensor) -> Tensor:
     """Return a hash in ``[0, 2^31 - 1)`` of each row's values, the same on every device and for every batching.
 
@@ -101,6 +132,9 @@ def row_hashes(rows: Tensor) -> Tensor:
         >>> torch.equal(row_hashes(torch.tensor([[-0.0, 2.0]])), row_hashes(torch.tensor([[0.0, 2.0]])))
         True
     """
+    host = host_array(rows)
+    if host is not None:
+        return _mix(torch.from_numpy(_hash_sums_on_host(host)))
     values = (rows.to(torch.float64) + 0.0).contiguous()  # a new tensor; -0.0 + 0.0 is +0.0
     top = values.view(torch.int64) >> 32  # arithmetic shift: in [-2^31, 2^31)
     top.bitwise_and_(_MASK32).mul_(_coefficients(rows.shape[1], top.device))  # [0, 2^32) x [1, 2^31): < 2^63
@@ -224,7 +258,7 @@ def accumulate_groups_(
     if rows.shape[0] == 0:
         return grouped
     order, sizes = _sorted_by_group(groups, grouped.shape[0])
-    for group, part in enumerate(torch.split(rows[order], sizes)):
+    for group, part in enumerate(torch.split(take_rows(rows, order), sizes)):
         if part.shape[0] == 0:
             continue
         if batches_seen is None:
@@ -274,7 +308,9 @@ def accumulate_group_pairs_(
     if reference_rows.shape[0] == 0:
         return
     order, sizes = _sorted_by_group(groups, reference.shape[0])
-    parts = zip(torch.split(reference_rows[order], sizes), torch.split(candidate_rows[order], sizes))
+    parts = zip(
+        torch.split(take_rows(reference_rows, order), sizes), torch.split(take_rows(candidate_rows, order), sizes)
+    )
     for group, (reference_part, candidate_part) in enumerate(parts):
         if reference_part.shape[0] == 0:
             continue
