@@ -132,14 +132,25 @@ def column_sums(rows: Tensor) -> Tensor:
     return torch.from_numpy(np.add.reduce(array, axis=0))
 
 
-def take_rows(rows: Tensor, index: Tensor) -> Tensor:
-    """``rows[index]`` for a 1-D int64 ``index``: a new tensor, gathered on the calling thread on the CPU.
+def take_rows(rows: Tensor, index: Tensor, out: Optional[Tensor] = None) -> Tensor:
+    """``rows[index]`` for a 1-D int64 ``index``, gathered on the calling thread on the CPU.
+
+    Args:
+        rows: ``(B, D)`` tensor.
+        index: ``(n,)`` row numbers in ``[0, B)``.
+        out: A tensor of ``rows``' dtype and device with at least ``n`` rows, of which the first ``n`` receive the
+            rows and are returned; ``None``: a new tensor.
 
     Example:
         >>> take_rows(torch.tensor([[1.0], [2.0], [3.0]]), torch.tensor([2, 0])).tolist()
         [[3.0], [1.0]]
     """
+    target = None if out is None else out[: index.shape[0]]
     array, positions = host_array(rows), host_array(index)
-    if array is None or positions is None:
-        return rows[index]
-    return torch.from_numpy(np.take(array, positions, axis=0))
+    written = None if target is None else host_array(target, writable=True)
+    if array is None or positions is None or (target is not None and written is None):
+        return rows[index] if target is None else torch.index_select(rows, 0, index, out=target)
+    if target is None:
+        return torch.from_numpy(np.take(array, positions, axis=0))
+    np.take(array, positions, axis=0, out=written, mode="clip")  # (the index is in range: "clip" skips a copy)
+    return target

@@ -124,6 +124,10 @@ def test_take_rows_equals_indexing_on_every_path():
     index = torch.randperm(50)[:30]
     for source in (rows, rows.float(), rows.bfloat16(), rows[:, 2:5]):  # numpy paths, the torch path, a strided view
         assert torch.equal(take_rows(source, index), source[index])
+        out = torch.full((40, source.shape[1]), 7.0, dtype=source.dtype)  # more rows than taken: the rest untouched
+        taken = take_rows(source, index, out=out)
+        assert torch.equal(taken, source[index]) and taken.data_ptr() == out.data_ptr()
+        assert bool((out[30:] == 7.0).all())
 
 
 def _hash_from_the_formula(rows: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ the moments of all the rows, and :func:`leave_one_out` gives those of all the ro
 from __future__ import annotations
 
 import functools
-from collections.abc import MutableSequence, Sequence
+from collections.abc import Iterator, MutableSequence, Sequence
 from typing import Optional
 
 import numpy as np
@@ -224,6 +224,19 @@ def _sorted_by_group(groups: Tensor, num_groups: int) -> tuple[Tensor, list[int]
     return torch.argsort(groups, stable=True), sizes
 
 
+def _group_parts(rows: Tensor, order: Tensor, sizes: list[int]) -> Iterator[Tensor]:
+    """Each group's rows in turn, gathered into one buffer of the largest group's size that every group reuses.
+
+    A part is valid until the next is taken (the caller accumulates it, centring it in place, first). Gathering a
+    group at a time keeps the copy within a buffer of about ``B / K`` rows, instead of a sorted copy of the batch.
+    """
+    buffer = torch.empty(max(sizes), rows.shape[1], dtype=rows.dtype, device=rows.device)
+    start = 0
+    for size in sizes:
+        yield take_rows(rows, order[start : start + size], out=buffer)
+        start += size
+
+
 def accumulate_groups_(
     grouped: Tensor,
     rows: Tensor,
@@ -258,14 +271,15 @@ def accumulate_groups_(
     if rows.shape[0] == 0:
         return grouped
     order, sizes = _sorted_by_group(groups, grouped.shape[0])
-    for group, part in enumerate(torch.split(take_rows(rows, order), sizes)):
+    for group, part in enumerate(_group_parts(rows, order, sizes)):
         if part.shape[0] == 0:
             continue
+        workspace = part if part.dtype == torch.float64 else None  # (a gathered copy: centred in place)
         if batches_seen is None:
-            moments.accumulate_(grouped[group], part, split)
+            moments.accumulate_(grouped[group], part, split, workspace=workspace)
         else:
             batches_seen[group] += 1
-            moments.accumulate_batch_(grouped[group], part, batches_seen[group], split)
+            moments.accumulate_batch_(grouped[group], part, batches_seen[group], split, workspace=workspace)
     return grouped
 
 
@@ -308,16 +322,17 @@ def accumulate_group_pairs_(
     if reference_rows.shape[0] == 0:
         return
     order, sizes = _sorted_by_group(groups, reference.shape[0])
-    parts = zip(
-        torch.split(take_rows(reference_rows, order), sizes), torch.split(take_rows(candidate_rows, order), sizes)
-    )
+    parts = zip(_group_parts(reference_rows, order, sizes), _group_parts(candidate_rows, order, sizes))
     for group, (reference_part, candidate_part) in enumerate(parts):
         if reference_part.shape[0] == 0:
             continue
         for counters in batches_seen:
             counters[group] += 1
         number = batches_seen[0][group]
-        moments.accumulate_pairs_(reference[group], candidate[group], reference_part, candidate_part, number, split)
+        workspaces = tuple(part if part.dtype == torch.float64 else None for part in (reference_part, candidate_part))
+        moments.accumulate_pairs_(
+            reference[group], candidate[group], reference_part, candidate_part, number, split, workspaces
+        )
 
 
 def group_moments(rows: Tensor, image_dim: int, num_groups: int, key: str = "text") -> Tensor:
