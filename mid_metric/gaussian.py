@@ -11,8 +11,6 @@ formulas.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import NamedTuple, Optional
 
 import torch
@@ -20,13 +18,13 @@ from torch import Tensor
 
 from mid_metric import moments
 from mid_metric._checks import check_candidate_count, check_reference_count
+from mid_metric.batch_passes import one_thread
 
 __all__ = [
     "GaussianReference",
     "BlockTraces",
     "ReferencePrecisions",
     "checked_cholesky",
-    "one_thread",
     "precision_from_cholesky",
     "fit_reference",
     "reference_precisions",
@@ -128,30 +126,6 @@ def checked_cholesky(matrix: Tensor, what: str, variances: Optional[Tensor] = No
             " set `eps` > 0 (e.g. eps=5e-4) to regularise the covariances."
         )
     return factor
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch's CPU operations inside on one thread, then restore the number of threads.
-
-    For memory-bound passes over a matrix and for LAPACK routines that synchronise their threads many times: on a
-    busy machine, where a thread waits for a time slice at every barrier, their parallel regions cost far more CPU
-    time than the work (see :mod:`mid_metric.batch_passes`). Operations on other devices are not affected.
-
-    Example:
-        >>> with one_thread():
-        ...     torch.get_num_threads()
-        1
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def precision_from_cholesky(factor: Tensor) -> Tensor:

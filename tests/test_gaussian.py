@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from mid_metric import moments
+from mid_metric.batch_passes import one_thread
 from mid_metric.gaussian import (
     block_traces,
     candidate_scatter,
     fit_reference,
-    one_thread,
     pointwise_mutual_information_from_reference,
     precision_from_cholesky,
     reference_from_moments,

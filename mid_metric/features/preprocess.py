@@ -42,6 +42,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
+from mid_metric.batch_passes import one_thread
 from mid_metric.features.inputs import (
     ImageBatch,
     count_images,
@@ -180,14 +181,8 @@ def _on_one_thread(batch_function: Callable[..., Tensor]) -> Callable[..., Tenso
 
     @functools.wraps(batch_function)
     def on_one_thread(*args: Any) -> Tensor:
-        threads = torch.get_num_threads()
-        if threads == 1:
+        with one_thread():
             return batch_function(*args)
-        torch.set_num_threads(1)
-        try:
-            return batch_function(*args)
-        finally:
-            torch.set_num_threads(threads)
 
     return on_one_thread
 

@@ -17,11 +17,11 @@ from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
+from mid_metric.batch_passes import one_thread
 from mid_metric.gaussian import (
     GaussianReference,
     block_traces,
     candidate_scatter,
-    one_thread,
     reference_from_moments,
 )
 from mid_metric.jackknife.grouping import leave_one_out, leave_one_out_moments, merge_groups

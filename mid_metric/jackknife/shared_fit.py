@@ -32,8 +32,8 @@ from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_candidate_count
-from mid_metric.batch_passes import host_array
-from mid_metric.gaussian import checked_cholesky, one_thread, precision_from_cholesky
+from mid_metric.batch_passes import host_array, one_thread
+from mid_metric.gaussian import checked_cholesky, precision_from_cholesky
 
 __all__ = ["SampleMoments", "shared_corrected_terms", "shared_terms_from_covariances"]
 
