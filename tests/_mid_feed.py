@@ -3,14 +3,13 @@
 Data: ``_pairs`` (well-conditioned pairs) and ``_data`` (reference pairs and candidates generated from the same
 captions); feeding: ``_batches``, ``_feed_separate`` (two ``update`` calls per step), ``_feed_pairs``
 (``update_pairs``); comparisons: ``_same_bits``, ``_assert_same_metric_state``, ``_close``; the stores' host state:
-``_staged_rows``, ``_batches_seen``, ``_area``; and the ``one_thread`` fixture.
+``_staged_rows``, ``_batches_seen``, ``_area``.
 """
 
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from reference_impl import well_conditioned_pairs
 
@@ -18,15 +17,6 @@ F64 = torch.float64
 REL = 1e-12
 HARD_ABS = 5e-9  # CLIP-like data: absolute agreement with two-pass float64 (as in test_functional_mid.py)
 DX, DY = 6, 6
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny GEMMs on a shared 2-core machine: one intra-op thread avoids thread-pool stalls (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pairs(n, dx=DX, dy=DY, seed=0, strength=0.7):

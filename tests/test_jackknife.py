@@ -33,15 +33,6 @@ from mid_metric.jackknife import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The matrices here are tiny: a second intra-op thread only adds waiting (16 times slower on a busy 2-core CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def t_pairs(n: int, rho: torch.Tensor, dof, g: torch.Generator):
     """Multivariate t pairs (one chi-square scale per row) whose coordinate pairs have correlations ``rho``."""
     scale = torch.ones(n, 1, dtype=F64)

@@ -26,14 +26,6 @@ from mid_metric.jackknife.shared_fit import shared_corrected_terms
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sharing_sets(shared: str, seed: int, n: int = 400, dx: int = 4, dy: int = 3):
     """Reference pairs with correlated, non-isotropic blocks, and candidates that reuse one of their modalities."""
     g = torch.Generator().manual_seed(seed)

@@ -24,7 +24,6 @@ from _mid_feed import (
     _pairs,
     _same_bits,
     _staged_rows,
-    one_thread,  # noqa: F401 - the autouse fixture
 )
 from _state import assert_same_state_dict, snapshot_state_dict
 from reference_impl import ClipLikeDistribution, ref_mid, ref_pmi

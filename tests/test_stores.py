@@ -22,14 +22,6 @@ DX, DY = 5, 4
 REL = 1e-12
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rows(n, seed=0, offset=0.7):
     """Float64 joint rows ``[x; y]`` with a common offset (the shift must matter) and correlated columns."""
     g = torch.Generator().manual_seed(seed)
