@@ -88,6 +88,21 @@ def run_in_one_process(calls: list[tuple[list[str], Path]], env: dict) -> list[s
     return [subprocess.CompletedProcess(argv, status, out, err) for argv, status, out, err in json.loads(proc.stdout)]
 
 
+def count_encoded_images(monkeypatch) -> list[int]:
+    """Spy on the command line's image encoder: the returned list gets the number of images of each call."""
+    from mid_metric.cli import session
+
+    encoded: list[int] = []
+    real_encode = session.encode_images
+
+    def counting(table, *args):
+        encoded.append(len(table.pairs))
+        return real_encode(table, *args)
+
+    monkeypatch.setattr(session, "encode_images", counting)
+    return encoded
+
+
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)

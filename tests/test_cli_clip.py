@@ -13,7 +13,7 @@ import re
 import shutil
 
 import pytest
-from _cli import ENV, close, fail, run_cli, run_in_one_process, write_csv
+from _cli import ENV, close, count_encoded_images, fail, run_cli, run_in_one_process, write_csv
 from _cli_clip import EPS, NUM_CANDIDATES, NUM_PAIRS, build_work, encode, identity_of, load_extractor
 from clip_fixtures import TINY_PROJECTION_DIM, build_tiny_clip
 
@@ -261,16 +261,8 @@ def test_hub_id_is_recorded_as_it_is_and_loaded_from_the_cache(work, extractor, 
 
 
 def test_captioning_with_the_jackknife_groups_by_image_and_encodes_each_image_once(work, tmp_path, capsys, monkeypatch):
-    from mid_metric.cli import session
 
-    encoded: list[int] = []  # a spy on the image encoder: how many images each call encodes
-    real_encode = session.encode_images
-
-    def counting(table, *args):
-        encoded.append(len(table.pairs))
-        return real_encode(table, *args)
-
-    monkeypatch.setattr(session, "encode_images", counting)
+    encoded = count_encoded_images(monkeypatch)  # how many images each call encodes
     root, model = work["root"], str(work["model"])
     # The candidates: the reference's images with generated captions, listed in another order, so read in other
     # batches. Each image is encoded once per run, so both sets hold the very same image features, and the run

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _cli import fail, run_cli, unit, write_csv
+from _cli import count_encoded_images, fail, run_cli, unit, write_csv
 from safetensors.torch import save_file
 
 from mid_metric import cli
@@ -176,18 +176,10 @@ def test_the_jackknife_of_mid_jackknifes_fd_with_the_same_groups(features, capsy
 def test_one_feature_pass_with_the_tiny_clip_and_the_cmmd_preprocessing(tmp_path, capsys, monkeypatch):
     from _cli_clip import NUM_CANDIDATES, NUM_PAIRS, build_work
 
-    from mid_metric.cli import session
     from mid_metric.features import load_clip
 
     work = build_work(tmp_path)
-    encoded: list[int] = []  # a spy on the image encoder: how many images each call encodes
-    real_encode = session.encode_images
-
-    def counting(table, *args):
-        encoded.append(len(table.pairs))
-        return real_encode(table, *args)
-
-    monkeypatch.setattr(session, "encode_images", counting)
+    encoded = count_encoded_images(monkeypatch)  # how many images each call encodes
     root, model = work["root"], str(work["model"])
     rows = [{"image": row["file"], "caption": row["prompt"]} for row in work["cand_rows"]]
     write_csv(root / "gen" / "cands.csv", rows, ["image", "caption"])
