@@ -11,6 +11,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/SCRIPT ARGS`` from the project root with this interpreter; return the finished process."""
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
 @pytest.mark.slow
 def test_benchmark_script_quick_tiny(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
@@ -18,22 +24,7 @@ def test_benchmark_script_quick_tiny(tmp_path: Path) -> None:
         "# Results\n\nkept above\n\n<!-- BEGIN benchmark -->\nold\n<!-- END benchmark -->\n\nkept below\n"
     )
     plot = tmp_path / "memory.png"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "run.py"),
-            "--quick",
-            "--tiny",
-            "--results",
-            str(results),
-            "--plot",
-            str(plot),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    done = run_benchmark("run.py", "--quick", "--tiny", "--results", str(results), "--plot", str(plot))
     assert done.returncode == 0, done.stderr[-2000:]
     text = results.read_text()
     assert "kept above" in text and "kept below" in text and "\nold\n" not in text
@@ -49,13 +40,7 @@ def test_benchmark_script_quick_tiny(tmp_path: Path) -> None:
 def test_companion_benchmark_quick(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     results.write_text("# Results\n\nkept above\n\n<!-- BEGIN companions -->\nold\n<!-- END companions -->\n")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "companions.py"), "--quick", "--results", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    done = run_benchmark("companions.py", "--quick", "--results", str(results))
     assert done.returncode == 0, done.stderr[-2000:]
     text = results.read_text()
     assert "kept above" in text and "\nold\n" not in text and text.count("<!-- BEGIN companions -->") == 1
@@ -88,13 +73,7 @@ def test_statistical_checks_pass_in_full() -> None:
     and the paper's not, the Wishart bias of the plug-in MI, candidates sharing the reference's rows, the coverage
     of the 95% interval); each prints its verdict line.
     """
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "statistical_checks.py")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-    )
+    done = run_benchmark("statistical_checks.py", timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     for check in ("unbiased", "mi-bias", "shared-rows", "coverage"):
         assert f"[PASS] {check}:" in done.stdout, check
@@ -102,13 +81,7 @@ def test_statistical_checks_pass_in_full() -> None:
 
 def test_frechet_bias_benchmark_tiny(tmp_path: Path) -> None:
     figure = tmp_path / "frechet.png"
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "frechet_bias.py"), "--tiny", "--figure", str(figure)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
+    done = run_benchmark("frechet_bias.py", "--tiny", "--figure", str(figure))
     assert done.returncode == 0, done.stderr[-2000:]
     assert figure.stat().st_size > 0
     assert "plug-in" in done.stdout and "jackknife" in done.stdout
