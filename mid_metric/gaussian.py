@@ -31,7 +31,6 @@ __all__ = [
     "reference_from_moments",
     "candidate_scatter",
     "block_traces",
-    "whitened_trace",
     "whitened_scatter",
     "pointwise_mutual_information_from_reference",
     "WhiteningMatrices",
@@ -259,26 +258,6 @@ def _squared_norms_of_solve(chol: Tensor, factor: Tensor, split: int) -> tuple[T
         if start < split:
             leading = leading + block[: split - start, : min(stop, split) - start].square().sum()
     return total, leading
-
-
-def whitened_trace(chol: Tensor, matrix: Tensor) -> Tensor:
-    """Return ``tr(S^-1 M) = tr(L^-1 M L^-T)`` for ``S = L L^T`` and a symmetric ``M`` (its lower triangle is read).
-
-    When ``M`` is positive definite this is ``|L^-1 R|_F^2`` with ``R`` its Cholesky factor, from one triangular
-    solve (a single call: with two threads on a busy machine it costs about a third of the CPU time of the blocked
-    solves of :func:`block_traces`, though twice their flops); otherwise ``L^-1 M L^-T`` is solved from both sides.
-
-    Example:
-        >>> chol = torch.linalg.cholesky(torch.tensor([[4.0, 2.0], [2.0, 5.0]], dtype=torch.float64))
-        >>> round(whitened_trace(chol, torch.eye(2, dtype=torch.float64)).item(), 12)  # tr(S^-1) = 9 / 16
-        0.5625
-    """
-    factor, info = torch.linalg.cholesky_ex(matrix)
-    if int(info) == 0:
-        solved = torch.linalg.solve_triangular(chol, factor, upper=False).reshape(-1)
-        return torch.dot(solved, solved)
-    lower = matrix.tril()
-    return _solve_sandwich(chol, lower + lower.tril(-1).mT).diagonal().sum()
 
 
 def _frobenius_product(first: Tensor, second: Tensor) -> Tensor:
