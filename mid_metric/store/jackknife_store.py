@@ -98,7 +98,8 @@ class JackknifeStore(MomentStore):
     def accumulate(self, rows: Tensor | Sequence[Tensor], workspace: Optional[Tensor] = None) -> None:
         """Add a batch of joint rows (or its column blocks) to their groups' states now (one host sync on CUDA).
 
-        The rows are sorted by group into a new tensor, so ``workspace`` is not needed.
+        Each group's rows are gathered into a buffer of the jackknife's own and centred there, so ``workspace``
+        (the interface of :meth:`MomentStore.accumulate`) is not used.
         """
         rows = _joint(rows, self.device)
         if rows.shape[0] == 0:
