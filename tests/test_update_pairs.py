@@ -16,7 +16,6 @@ from _mid_feed import (
     _feed_separate,
     _pairs,
     _staged_rows,
-    one_thread,  # noqa: F401 - the autouse fixture
 )
 from _state import assert_same_state_dict, snapshot_state_dict
 from reference_impl import ref_mid
