@@ -12,8 +12,7 @@ devices, and for dtypes that numpy lacks (bfloat16), torch runs them.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -25,7 +24,6 @@ __all__ = [
     "centre_rows_",
     "column_sums",
     "host_array",
-    "one_thread",
     "take_rows",
     "within_bound",
 ]
@@ -35,30 +33,6 @@ _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 #: The size (in elements) from which torch runs an element-wise pass or a reduction in a parallel region
 #: (``at::internal::GRAIN_SIZE``).
 TORCH_PARALLEL_GRAIN = 32768
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run torch's CPU operations inside on one thread, then restore the number of threads.
-
-    For memory-bound passes over a matrix and for LAPACK routines that synchronise their threads many times: on a
-    busy machine, where a thread waits for a time slice at every barrier, their parallel regions cost far more CPU
-    time than the work (as this module's opening explains). Operations on other devices are not affected.
-
-    Example:
-        >>> with one_thread():
-        ...     torch.get_num_threads()
-        1
-    """
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def host_array(tensor: Tensor, writable: bool = False) -> Optional[np.ndarray]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mid_metric import moments
-from mid_metric.batch_passes import one_thread
+from mid_metric.cpu_threads import one_thread
 from mid_metric.gaussian import (
     block_traces,
     candidate_scatter,
@@ -148,12 +148,3 @@ def test_side_by_side_precisions_are_bitwise_the_lone_inverses(threads):
             alone = torch.cholesky_inverse(factor)
         assert torch.equal(precision, alone)  # same order as given, same bits as one call on one thread
         torch.testing.assert_close(precision @ cov, torch.eye(cov.shape[0], dtype=F64), rtol=0, atol=1e-12)
-
-
-def test_one_thread_restores_the_threads_after_an_error():
-    threads = torch.get_num_threads()
-    with pytest.raises(RuntimeError, match="inside"):
-        with one_thread():
-            assert torch.get_num_threads() == 1
-            raise RuntimeError("inside")
-    assert torch.get_num_threads() == threads

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from torch import Tensor
 
-from mid_metric.batch_passes import one_thread
+from mid_metric.cpu_threads import one_thread
 from mid_metric.features.inputs import (
     ImageBatch,
     count_images,

@@ -32,7 +32,8 @@ from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_candidate_count
-from mid_metric.batch_passes import host_array, one_thread
+from mid_metric.batch_passes import host_array
+from mid_metric.cpu_threads import one_thread
 from mid_metric.gaussian import checked_cholesky, precisions_from_choleskys
 
 __all__ = ["SampleMoments", "shared_corrected_terms", "shared_terms_from_covariances"]

@@ -1,0 +1,125 @@
+"""torch's CPU threads (mid_metric.cpu_threads): one thread, pieces side by side, and the fits that use them.
+
+The test processes run torch on one thread (``tests/conftest.py``), where :func:`side_by_side` is the plain loop; these
+tests set more threads so that the helper threads run.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from mid_metric import moments
+from mid_metric.cpu_threads import one_thread, side_by_side
+from mid_metric.jackknife import group_moments, jackknife_estimates, row_groups
+
+F64 = torch.float64
+
+
+@contextmanager
+def torch_threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_one_thread_restores_the_threads_after_an_error():
+    with torch_threads(2):
+        with pytest.raises(RuntimeError, match="inside"):
+            with one_thread():
+                assert torch.get_num_threads() == 1
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_side_by_side_keeps_the_order_and_runs_each_item_on_one_torch_thread(threads):
+    seen = []
+
+    def square(value: int) -> int:
+        seen.append((value, torch.get_num_threads()))
+        return value * value
+
+    with torch_threads(threads):
+        assert side_by_side(square, list(range(9))) == [value * value for value in range(9)]
+        assert torch.get_num_threads() == threads
+    assert sorted(seen) == [(value, 1) for value in range(9)]
+    assert side_by_side(square, []) == []
+
+
+def test_side_by_side_runs_the_items_at_once():
+    # Two items that each wait for the other: only concurrent calls get past the barrier (a loop breaks it).
+    barrier = threading.Barrier(2, timeout=10)
+
+    def meet(value: int) -> int:
+        barrier.wait()
+        return value
+
+    with torch_threads(2):
+        assert side_by_side(meet, [1, 2]) == [1, 2]
+    with pytest.raises(threading.BrokenBarrierError):
+        side_by_side(lambda value: threading.Barrier(2, timeout=0.2).wait() and value, [1, 2])  # one thread
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_side_by_side_raises_the_first_failing_items_error_as_the_loop_does(threads):
+    started = []
+
+    def check(value: int) -> int:
+        started.append(value)
+        if value in (3, 5):
+            raise ValueError(f"item {value}")
+        return value
+
+    with torch_threads(threads):
+        with pytest.raises(ValueError, match="item 3"):
+            side_by_side(check, list(range(12)))
+        assert torch.get_num_threads() == threads
+    assert set(range(4)) <= set(started)  # every item before the failing one ran
+    assert max(started) <= 3 + threads  # and none was started once the error was seen, but those already taken
+
+
+def _pairs(shared: str, seed: int, n: int = 800, dx: int = 6, dy: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, dx, dtype=F64, generator=g) + 1.0
+    y = 0.6 * x[:, :dy] + torch.randn(n, dy, dtype=F64, generator=g)
+    if shared == "text":
+        x0 = 0.3 * torch.cat([y, y[:, :1]], 1) + torch.randn(n, dx, dtype=F64, generator=g)
+        return moments.joint_rows(x, y), moments.joint_rows(x0, y)
+    x0 = torch.randn(n, dx, dtype=F64, generator=g)
+    y0 = 0.5 * x0[:, :dy] + torch.randn(n, dy, dtype=F64, generator=g)
+    return moments.joint_rows(x, y), moments.joint_rows(x0, y0)
+
+
+@pytest.mark.parametrize("shared", ["text", None])
+def test_jackknife_fits_side_by_side_equal_the_fits_one_after_the_other(shared):
+    reference_rows, candidate_rows = _pairs(shared or "none", 3)
+    groups = (group_moments(reference_rows, 6, 7, "text"), group_moments(candidate_rows, 6, 7, "text"))
+    alone = jackknife_estimates(*groups, image_dim=6)  # one torch thread: the loop
+    with torch_threads(2):
+        together = jackknife_estimates(*groups, image_dim=6)
+    assert together.shared == alone.shared == shared
+    assert together.left_out.shape == alone.left_out.shape == (7, 3)
+    # Each fit runs on one thread either way, in its own order of operations: the same bits.
+    assert torch.equal(together.left_out, alone.left_out)
+
+
+def test_a_failing_fit_side_by_side_raises_as_the_loop_does():
+    reference_rows, candidate_rows = _pairs("none", 4)
+    labels = row_groups(reference_rows, 6, 7, "text")
+    # Image column 0 varies only in group 2's rows: the full sample is fine, but the subset without group 2 has a
+    # constant first column (not positive definite).
+    reference_rows[labels != 2, 0] = 0.5
+    groups = (group_moments(reference_rows, 6, 7, "text"), group_moments(candidate_rows, 6, 7, "text"))
+    with pytest.raises(ValueError, match="not positive definite") as alone:
+        jackknife_estimates(*groups, image_dim=6)
+    for threads in (2, 3):
+        with torch_threads(threads), pytest.raises(ValueError, match="not positive definite") as together:
+            jackknife_estimates(*groups, image_dim=6)
+        assert str(together.value) == str(alone.value)
