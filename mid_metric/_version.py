@@ -1,3 +1,3 @@
 """Version of the mid-metric package."""
 
-__version__ = "0.4.1"
+__version__ = "0.4.2"

@@ -15,7 +15,7 @@ import contextlib
 import itertools
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable, Optional, TypeVar
 
 import torch
 
@@ -47,8 +47,12 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def side_by_side(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
+def side_by_side(
+    function: Callable[[Item], Result], items: Sequence[Item], at_most: Optional[int] = None
+) -> list[Result]:
     """Return ``[function(item) for item in items]``, computed up to ``torch.get_num_threads()`` at a time.
+
+    ``at_most``: the most calls at a time (``None``: as many as torch's threads), for calls that hold much memory.
 
     Each call runs on one torch thread (:func:`one_thread`), in the calling thread or in a short-lived helper thread
     (torch releases the GIL in its operations); the threads take the items in order, one at a time. ``function``
@@ -60,7 +64,7 @@ def side_by_side(function: Callable[[Item], Result], items: Sequence[Item]) -> l
         >>> side_by_side(lambda matrix: torch.linalg.cholesky(matrix).diagonal().prod().item(), [4 * torch.eye(2)] * 3)
         [4.0, 4.0, 4.0]
     """
-    workers = min(len(items), torch.get_num_threads())
+    workers = min(len(items), torch.get_num_threads(), at_most or len(items))
     with one_thread():
         if workers <= 1:
             return [function(item) for item in items]

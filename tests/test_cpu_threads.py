@@ -63,8 +63,12 @@ def test_side_by_side_runs_the_items_at_once():
 
     with torch_threads(2):
         assert side_by_side(meet, [1, 2]) == [1, 2]
+    lonely = threading.Barrier(2, timeout=0.2)
     with pytest.raises(threading.BrokenBarrierError):
-        side_by_side(lambda value: threading.Barrier(2, timeout=0.2).wait() and value, [1, 2])  # one thread
+        side_by_side(lambda value: lonely.wait() and value, [1, 2])  # one torch thread: the loop
+    lonely = threading.Barrier(2, timeout=0.2)
+    with torch_threads(3), pytest.raises(threading.BrokenBarrierError):
+        side_by_side(lambda value: lonely.wait() and value, [1, 2], at_most=1)
 
 
 @pytest.mark.parametrize("threads", [1, 2])

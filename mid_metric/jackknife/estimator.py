@@ -216,6 +216,10 @@ def _shared_left_out(
     return torch.stack([mutual_info + distance, mutual_info, distance])
 
 
+# The most leave-one-group-out fits computed at a time on the CPU (one torch thread each), which bounds the memory.
+_FITS_AT_ONCE = 4
+
+
 def _check_group_states(reference_groups: Tensor, candidate_groups: Tensor) -> None:
     for name, value in (("reference_groups", reference_groups), ("candidate_groups", candidate_groups)):
         if not isinstance(value, Tensor) or value.dtype != torch.float64 or value.ndim != 2:
@@ -381,9 +385,9 @@ def jackknife_estimates(
         return _corrected(reference_rest, candidate_rest, image_dim, shared)
 
     # On the CPU the fits run side by side, each on one thread: a fit is a chain of operations on a few hundred
-    # columns, whose parallel regions pay more in barriers than they gain.
+    # columns, whose parallel regions pay more in barriers than they gain. Each holds about 135 MiB at D = 768 + 768.
     on_cpu = reference_full.device.type == "cpu"
-    left_out = side_by_side(fit_without, kept) if on_cpu else [fit_without(k) for k in kept]
+    left_out = side_by_side(fit_without, kept, _FITS_AT_ONCE) if on_cpu else [fit_without(k) for k in kept]
     num_reference = int(moments.unpack(reference_full).count)
     fractions = reference_counts[kept] / num_reference
     return JackknifeEstimates(full, torch.stack(left_out), fractions, num_reference, num_candidates, shared)
