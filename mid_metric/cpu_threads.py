@@ -52,13 +52,21 @@ def side_by_side(
 ) -> list[Result]:
     """Return ``[function(item) for item in items]``, computed up to ``torch.get_num_threads()`` at a time.
 
-    ``at_most``: the most calls at a time (``None``: as many as torch's threads), for calls that hold much memory.
-
     Each call runs on one torch thread (:func:`one_thread`), in the calling thread or in a short-lived helper thread
-    (torch releases the GIL in its operations); the threads take the items in order, one at a time. ``function``
-    must not depend on the order in which the items are computed. When a call raises, no item is started after it
-    and the error of the first failing item is raised, as the loop would raise it. With one torch thread, or one
-    item, this is the loop itself.
+    (torch releases the GIL in its operations); the threads take the items in order, one at a time. With one torch
+    thread, or one item, this is the loop itself.
+
+    Args:
+        function: Called once per item; it must not depend on the order in which the items are computed.
+        items: The items.
+        at_most: The most calls at a time (``None``: as many as torch's threads), for calls that hold much memory.
+
+    Returns:
+        The results, in the order of ``items``.
+
+    Raises:
+        Exception: The error of the first failing item, as the loop would raise it; no item is started once a call
+            has failed.
 
     Example:
         >>> side_by_side(lambda matrix: torch.linalg.cholesky(matrix).diagonal().prod().item(), [4 * torch.eye(2)] * 3)
