@@ -53,8 +53,8 @@ def side_by_side(
     """Return ``[function(item) for item in items]``, computed up to ``torch.get_num_threads()`` at a time.
 
     Each call runs on one torch thread (:func:`one_thread`), in the calling thread or in a short-lived helper thread
-    (torch releases the GIL in its operations); the threads take the items in order, one at a time. With one torch
-    thread, or one item, this is the loop itself.
+    (torch releases the GIL in its operations), with the caller's grad and inference modes; the threads take the
+    items in order, one at a time. With one torch thread, or one item, this is the loop itself.
 
     Args:
         function: Called once per item; it must not depend on the order in which the items are computed.
@@ -80,7 +80,13 @@ def side_by_side(
         errors: dict[int, BaseException] = {}
         claims = itertools.count()  # (``next`` on it is atomic under the GIL)
 
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+
         def work() -> None:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # (thread-local: the caller's)
+                take_items()
+
+        def take_items() -> None:
             for index in iter(claims.__next__, None):
                 if index >= len(items) or errors:
                     return

@@ -53,6 +53,20 @@ def test_side_by_side_keeps_the_order_and_runs_each_item_on_one_torch_thread(thr
     assert side_by_side(square, []) == []
 
 
+@pytest.mark.parametrize("inference", [False, True])
+def test_side_by_side_calls_see_the_callers_grad_and_inference_modes(inference):
+    barrier = threading.Barrier(2, timeout=10)  # both calls at once, so one of them runs in a helper thread
+
+    def modes(_: int) -> tuple[bool, bool, str]:
+        barrier.wait()
+        return torch.is_grad_enabled(), torch.is_inference_mode_enabled(), threading.current_thread().name
+
+    with torch_threads(2), torch.inference_mode(inference), torch.no_grad():
+        seen = side_by_side(modes, [0, 1])
+    assert {(grad, mode) for grad, mode, _ in seen} == {(False, inference)}
+    assert len({name for _, _, name in seen}) == 2
+
+
 def test_side_by_side_runs_the_items_at_once():
     # Two items that each wait for the other: only concurrent calls get past the barrier (a loop breaks it).
     barrier = threading.Barrier(2, timeout=10)
