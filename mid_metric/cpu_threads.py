@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, TypeVar
@@ -29,7 +30,11 @@ Result = TypeVar("Result")
 def one_thread() -> Iterator[None]:
     """Run torch's CPU operations inside on one thread, then restore the number of threads.
 
-    The setting is the process's: other threads that run torch operations meanwhile run them on one thread too.
+    torch keeps the count per OS thread in its OpenMP builds, and a thread that starts using torch takes the count
+    last set by any thread: threads that first call torch inside this block keep one thread afterwards.
+
+    Yields:
+        Nothing; torch runs on one thread in the block.
 
     Example:
         >>> with one_thread():
@@ -52,9 +57,10 @@ def side_by_side(
 ) -> list[Result]:
     """Return ``[function(item) for item in items]``, computed up to ``torch.get_num_threads()`` at a time.
 
-    Each call runs on one torch thread (:func:`one_thread`), in the calling thread or in a short-lived helper thread
-    (torch releases the GIL in its operations), with the caller's grad and inference modes; the threads take the
-    items in order, one at a time. With one torch thread, or one item, this is the loop itself.
+    For CPU work: each call runs on one torch thread, in the calling thread or in a short-lived helper thread (torch
+    releases the GIL in its operations), with the caller's grad and inference modes but not its other thread-local
+    settings (CUDA device and stream, autocast). The threads take the items in order, one at a time. With one torch
+    thread, or one item, this is the loop itself.
 
     Args:
         function: Called once per item; it must not depend on the order in which the items are computed.
@@ -65,41 +71,50 @@ def side_by_side(
         The results, in the order of ``items``.
 
     Raises:
-        Exception: The error of the first failing item, as the loop would raise it; no item is started once a call
-            has failed.
+        ValueError: If ``at_most`` is not ``None`` or a positive integer.
+        Exception: The error of the first failing item, as the loop would raise it: no item after a failed one is
+            started. An interrupt (``KeyboardInterrupt``) stops the helpers after their current items.
 
     Example:
         >>> side_by_side(lambda matrix: torch.linalg.cholesky(matrix).diagonal().prod().item(), [4 * torch.eye(2)] * 3)
         [4.0, 4.0, 4.0]
     """
+    if at_most is not None and (isinstance(at_most, bool) or not isinstance(at_most, int) or at_most < 1):
+        raise ValueError(f"`at_most` must be None or a positive integer, got {at_most!r}.")
     workers = min(len(items), torch.get_num_threads(), at_most or len(items))
     with one_thread():
         if workers <= 1:
             return [function(item) for item in items]
         results: dict[int, Result] = {}
-        errors: dict[int, BaseException] = {}
+        errors: dict[int, Exception] = {}
+        lock, stop = threading.Lock(), threading.Event()
         claims = itertools.count()  # (``next`` on it is atomic under the GIL)
-
         grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-
-        def work() -> None:
-            with torch.inference_mode(inference), torch.set_grad_enabled(grad):  # (thread-local: the caller's)
-                take_items()
 
         def take_items() -> None:
             for index in iter(claims.__next__, None):
-                if index >= len(items) or errors:
-                    return
+                with lock:
+                    if stop.is_set() or index >= len(items) or any(failed < index for failed in errors):
+                        return
                 try:
                     results[index] = function(items[index])
-                except BaseException as error:  # re-raised below, in the calling thread
-                    errors[index] = error
+                except Exception as error:  # re-raised below, in the calling thread, if no earlier item fails
+                    with lock:
+                        errors[index] = error
+
+        def helper() -> None:
+            torch.set_num_threads(1)  # (per thread: a helper may not have taken the caller's count)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                take_items()
 
         with ThreadPoolExecutor(max_workers=workers - 1) as pool:
-            helpers = [pool.submit(work) for _ in range(workers - 1)]
-            work()
-            for helper in helpers:
-                helper.result()
+            helpers = [pool.submit(helper) for _ in range(workers - 1)]
+            try:
+                take_items()
+                for running in helpers:
+                    running.result()
+            finally:
+                stop.set()
     if errors:
         raise errors[min(errors)]
     return [results[index] for index in range(len(items))]

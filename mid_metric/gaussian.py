@@ -152,6 +152,12 @@ def precisions_from_choleskys(*factors: Tensor) -> list[Tensor]:
     On the benchmarks' 2-core machine two 768-inverses take 15 to 21 ms of wall time this way, against 27 ms one
     after the other. Each result is bitwise the one of a lone call.
 
+    Args:
+        *factors: Lower Cholesky factors (the upper triangles are not read).
+
+    Returns:
+        The inverses ``S^-1``, both triangles, in the order of ``factors``.
+
     Example:
         >>> first, second = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[4.0]], dtype=torch.float64)
         >>> [p.item() for p in precisions_from_choleskys(first, second)]

@@ -7,6 +7,8 @@ tests set more threads so that the helper threads run.
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -20,7 +22,8 @@ F64 = torch.float64
 
 
 @contextmanager
-def torch_threads(count: int):
+def torch_threads(count: int) -> Iterator[None]:
+    """torch on ``count`` threads inside, restored after."""
     before = torch.get_num_threads()
     torch.set_num_threads(count)
     try:
@@ -38,19 +41,38 @@ def test_one_thread_restores_the_threads_after_an_error():
         assert torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_side_by_side_keeps_the_order_and_runs_each_item_on_one_torch_thread(threads):
+@pytest.mark.parametrize("threads", [2, 3])
+def test_side_by_side_keeps_the_order_when_items_finish_out_of_order(threads):
+    finished = {index: threading.Event() for index in range(6)}
     seen = []
 
     def square(value: int) -> int:
-        seen.append((value, torch.get_num_threads()))
+        if value == 0:  # item 0 ends only after item 1, which another thread computes
+            assert finished[1].wait(timeout=10)
+        seen.append((value, torch.get_num_threads(), threading.current_thread().name))
+        finished[value].set()
         return value * value
 
     with torch_threads(threads):
-        assert side_by_side(square, list(range(9))) == [value * value for value in range(9)]
+        assert side_by_side(square, list(range(6))) == [value * value for value in range(6)]
         assert torch.get_num_threads() == threads
-    assert sorted(seen) == [(value, 1) for value in range(9)]
-    assert side_by_side(square, []) == []
+    assert [value for value, _, _ in seen].index(1) < [value for value, _, _ in seen].index(0)
+    assert sorted((value, count) for value, count, _ in seen) == [(value, 1) for value in range(6)]
+    assert len({name for _, _, name in seen}) >= 2  # helper threads ran items, each on one torch thread
+
+
+def test_side_by_side_with_one_thread_or_no_items_is_the_loop():
+    calls = []
+    with torch_threads(1):
+        assert side_by_side(lambda value: calls.append(threading.current_thread().name) or -value, [1, 2, 3]) == [
+            -1,
+            -2,
+            -3,
+        ]
+        assert side_by_side(lambda value: value, []) == []
+    with torch_threads(2):
+        assert side_by_side(lambda value: calls.append(threading.current_thread().name) or value, [7]) == [7]
+    assert set(calls) == {threading.current_thread().name}
 
 
 @pytest.mark.parametrize("inference", [False, True])
@@ -67,7 +89,7 @@ def test_side_by_side_calls_see_the_callers_grad_and_inference_modes(inference):
     assert len({name for _, _, name in seen}) == 2
 
 
-def test_side_by_side_runs_the_items_at_once():
+def test_side_by_side_runs_the_items_at_once_up_to_at_most():
     # Two items that each wait for the other: only concurrent calls get past the barrier (a loop breaks it).
     barrier = threading.Barrier(2, timeout=10)
 
@@ -78,29 +100,58 @@ def test_side_by_side_runs_the_items_at_once():
     with torch_threads(2):
         assert side_by_side(meet, [1, 2]) == [1, 2]
     lonely = threading.Barrier(2, timeout=0.2)
-    with pytest.raises(threading.BrokenBarrierError):
+    with torch_threads(1), pytest.raises(threading.BrokenBarrierError):
         side_by_side(lambda value: lonely.wait() and value, [1, 2])  # one torch thread: the loop
     lonely = threading.Barrier(2, timeout=0.2)
     with torch_threads(3), pytest.raises(threading.BrokenBarrierError):
         side_by_side(lambda value: lonely.wait() and value, [1, 2], at_most=1)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_side_by_side_raises_the_first_failing_items_error_as_the_loop_does(threads):
+@pytest.mark.parametrize("at_most", [0, -1, 1.5, True, "2"])
+def test_side_by_side_refuses_a_bad_at_most(at_most):
+    with pytest.raises(ValueError, match="`at_most` must be None or a positive integer"):
+        side_by_side(lambda value: value, [1, 2], at_most=at_most)
+
+
+def test_side_by_side_raises_the_first_failing_items_error_when_a_later_one_fails_first():
+    later_failed = threading.Event()
     started = []
 
     def check(value: int) -> int:
         started.append(value)
-        if value in (3, 5):
-            raise ValueError(f"item {value}")
+        if value == 3:  # fails only after item 5 has failed in the other thread
+            assert later_failed.wait(timeout=10)
+            raise ValueError("item 3")
+        if value == 5:
+            later_failed.set()
+            raise ValueError("item 5")
         return value
 
-    with torch_threads(threads):
+    with torch_threads(2):
         with pytest.raises(ValueError, match="item 3"):
             side_by_side(check, list(range(12)))
-        assert torch.get_num_threads() == threads
-    assert set(range(4)) <= set(started)  # every item before the failing one ran
-    assert max(started) <= 3 + threads  # and none was started once the error was seen, but those already taken
+        assert torch.get_num_threads() == 2
+    assert sorted(started) == [0, 1, 2, 3, 4, 5]  # nothing after a failed item was started
+
+
+def test_side_by_side_stops_the_helpers_on_an_interrupt():
+    helper_started = threading.Event()
+    started = []
+
+    def work(value: int) -> int:
+        started.append(value)
+        if threading.current_thread() is threading.main_thread():  # interrupted while a helper computes its item
+            assert helper_started.wait(timeout=10)
+            raise KeyboardInterrupt
+        helper_started.set()
+        time.sleep(0.2)
+        return value
+
+    with torch_threads(2):
+        with pytest.raises(KeyboardInterrupt):
+            side_by_side(work, list(range(6)))
+        assert torch.get_num_threads() == 2
+    assert len(started) == 2  # the interrupted item and the helper's: no other item was started
 
 
 def _pairs(shared: str, seed: int, n: int = 800, dx: int = 6, dy: int = 5):
@@ -128,7 +179,7 @@ def test_jackknife_fits_side_by_side_equal_the_fits_one_after_the_other(shared):
     assert torch.equal(together.left_out, alone.left_out)
 
 
-def test_a_failing_fit_side_by_side_raises_as_the_loop_does():
+def test_a_failing_fit_side_by_side_raises_the_loops_error():
     reference_rows, candidate_rows = _pairs("none", 4)
     labels = row_groups(reference_rows, 6, 7, "text")
     # Image column 0 varies only in group 2's rows: the full sample is fine, but the subset without group 2 has a

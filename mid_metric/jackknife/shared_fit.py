@@ -15,9 +15,10 @@ reference (their texts, or their images) and bring a new one ``u``, the shared-r
 With ``G^T = L_w^-1 S_wu`` and ``G_hat^T = L_w^-1 S_hat_wu`` (one triangular solve), ``B S_w B^T = G G^T`` and
 ``B S_hat_wu = G G_hat^T`` (two products, the first on its lower triangle only), so everything comes from three
 ``Dw``- and ``Du``-sized factorisations of the reference, one solve, those products, the inverses ``S_u^-1`` and
-``A^-1`` from their factors (side by side, one thread each: :func:`mid_metric.gaussian.precisions_from_choleskys`),
-which turn both traces into element-wise products, and one product ``S_u^-1 F``, similar to the link. The shared
-block of the candidates is never read: the caller has checked that it is the reference's
+``A^-1`` from their factors (one thread each, side by side when this runs on several torch threads:
+:func:`mid_metric.gaussian.precisions_from_choleskys`), which turn both traces into element-wise products, and one
+product ``S_u^-1 F``, similar to the link. The shared block of the candidates is never read: the caller has checked
+that it is the reference's
 (:func:`mid_metric.wishart.shared_modality` and the group-by-group check of
 :func:`mid_metric.jackknife.jackknife_estimates`).
 """
