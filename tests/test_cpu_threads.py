@@ -16,7 +16,14 @@ import torch
 
 from mid_metric import moments
 from mid_metric.cpu_threads import one_thread, side_by_side
-from mid_metric.jackknife import group_moments, jackknife_estimates, row_groups
+from mid_metric.functional.frechet_moments import jackknife_frechet_distance
+from mid_metric.jackknife import (
+    group_moments,
+    jackknife_estimates,
+    jackknife_mutual_information,
+    left_out_fits,
+    row_groups,
+)
 
 F64 = torch.float64
 
@@ -192,3 +199,32 @@ def test_a_failing_fit_side_by_side_raises_the_loops_error():
         with torch_threads(threads), pytest.raises(ValueError, match="not positive definite") as together:
             jackknife_estimates(*groups, image_dim=6)
         assert str(together.value) == str(alone.value)
+
+
+def test_left_out_fits_run_side_by_side_on_the_cpu_only():
+    def where(k: int) -> torch.Tensor:
+        time.sleep(0.05)  # long enough that a helper thread takes some of the items
+        return torch.tensor(float(k)), threading.current_thread().name
+
+    with torch_threads(2):
+        on_cpu = left_out_fits(where, list(range(6)), torch.device("cpu"))
+        elsewhere = left_out_fits(where, list(range(6)), torch.device("meta"))  # any other device: the loop
+    assert [float(value) for value, _ in on_cpu] == [float(value) for value, _ in elsewhere] == list(range(6))
+    assert len({name for _, name in on_cpu}) == 2
+    assert {name for _, name in elsewhere} == {threading.current_thread().name}
+
+
+def test_frechet_and_mutual_information_jackknives_side_by_side_equal_the_loop():
+    g = torch.Generator().manual_seed(5)
+    real, generated = torch.randn(900, 8, dtype=F64, generator=g), 1.3 * torch.randn(900, 8, dtype=F64, generator=g)
+    groups = (group_moments(real, 8, 6, "image"), group_moments(generated, 8, 6, "image"))
+    reference_rows = _pairs("none", 6)[0]
+    reference_groups = group_moments(reference_rows, 6, 6, "text")
+    alone = jackknife_frechet_distance(*groups), jackknife_mutual_information(reference_groups, 6)
+    with torch_threads(2):
+        together = jackknife_frechet_distance(*groups), jackknife_mutual_information(reference_groups, 6)
+    for first, second in zip(
+        [alone[0].value, alone[0].standard_error, *alone[1]],
+        [together[0].value, together[0].standard_error, *together[1]],
+    ):
+        assert torch.equal(first, second)

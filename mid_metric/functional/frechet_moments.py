@@ -26,7 +26,7 @@ from torch import Tensor
 from mid_metric import moments
 from mid_metric._checks import check_level
 from mid_metric.functional.frechet import frechet_distance_from_moments
-from mid_metric.jackknife import jackknife_combine, leave_one_out, merge_groups, two_sided_t_quantile
+from mid_metric.jackknife import jackknife_combine, leave_one_out, left_out_fits, merge_groups, two_sided_t_quantile
 
 __all__ = [
     "BIAS_CORRECTIONS",
@@ -231,14 +231,13 @@ def jackknife_frechet_distance(
     real_full, generated_full = merge_groups(real_groups), merge_groups(generated_groups)
     plug_in = frechet_distance_from_packed(real_full, generated_full)
     kept = [k for k in range(pooled.shape[0]) if float(pooled[k]) > 0]
-    left_out = torch.stack(
-        [
-            frechet_distance_from_packed(
-                leave_one_out(real_full, real_groups[k]), leave_one_out(generated_full, generated_groups[k])
-            )
-            for k in kept
-        ]
-    )
+
+    def distance_without(k: int) -> Tensor:
+        return frechet_distance_from_packed(
+            leave_one_out(real_full, real_groups[k]), leave_one_out(generated_full, generated_groups[k])
+        )
+
+    left_out = torch.stack(left_out_fits(distance_without, kept, real_full.device))
     value, error = jackknife_combine(plug_in, left_out, pooled[kept] / pooled.sum())
     if not bool(torch.isfinite(value) & torch.isfinite(error)):
         raise ValueError(

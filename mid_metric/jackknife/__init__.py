@@ -41,6 +41,7 @@ from mid_metric.jackknife.grouping import (
     row_groups,
     row_hashes,
 )
+from mid_metric.jackknife.left_out import left_out_fits
 
 __all__ = [
     "GROUP_KEYS",
@@ -58,6 +59,7 @@ __all__ = [
     "leave_one_out",
     "leave_one_out_moments",
     "jackknife_combine",
+    "left_out_fits",
     "two_sided_t_quantile",
     "JackknifeEstimates",
     "jackknife_estimates",

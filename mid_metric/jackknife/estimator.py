@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
-from mid_metric.cpu_threads import one_thread, side_by_side
+from mid_metric.cpu_threads import one_thread
 from mid_metric.gaussian import (
     GaussianReference,
     block_traces,
@@ -25,6 +25,7 @@ from mid_metric.gaussian import (
     reference_from_moments,
 )
 from mid_metric.jackknife.grouping import leave_one_out, leave_one_out_moments, merge_groups
+from mid_metric.jackknife.left_out import left_out_fits
 from mid_metric.jackknife.shared_fit import SampleMoments, shared_terms_from_covariances
 from mid_metric.result import MIDResult
 
@@ -216,10 +217,6 @@ def _shared_left_out(
     return torch.stack([mutual_info + distance, mutual_info, distance])
 
 
-# The most leave-one-group-out fits computed at a time on the CPU (one torch thread each), which bounds the memory.
-_FITS_AT_ONCE = 4
-
-
 def _check_group_states(reference_groups: Tensor, candidate_groups: Tensor) -> None:
     for name, value in (("reference_groups", reference_groups), ("candidate_groups", candidate_groups)):
         if not isinstance(value, Tensor) or value.dtype != torch.float64 or value.ndim != 2:
@@ -384,10 +381,7 @@ def jackknife_estimates(
         candidate_rest = leave_one_out(candidate_full, candidate_groups[k])
         return _corrected(reference_rest, candidate_rest, image_dim, shared)
 
-    # On the CPU the fits run side by side, each on one thread: a fit is a chain of operations on a few hundred
-    # columns, whose parallel regions pay more in barriers than they gain. Each holds about 135 MiB at D = 768 + 768.
-    on_cpu = reference_full.device.type == "cpu"
-    left_out = side_by_side(fit_without, kept, _FITS_AT_ONCE) if on_cpu else [fit_without(k) for k in kept]
+    left_out = left_out_fits(fit_without, kept, reference_full.device)
     num_reference = int(moments.unpack(reference_full).count)
     fractions = reference_counts[kept] / num_reference
     return JackknifeEstimates(full, torch.stack(left_out), fractions, num_reference, num_candidates, shared)
@@ -462,7 +456,9 @@ def jackknife_mutual_information(reference_groups: Tensor, image_dim: int) -> tu
         return reference.mutual_information - bias
 
     kept = [k for k in range(reference_groups.shape[0]) if float(counts[k]) > 0]
-    left_out = torch.stack([corrected_mi(leave_one_out(full_state, reference_groups[k])) for k in kept])
+    left_out = torch.stack(
+        left_out_fits(lambda k: corrected_mi(leave_one_out(full_state, reference_groups[k])), kept, full_state.device)
+    )
     fractions = counts[kept] / counts.sum()
     estimate, error = jackknife_combine(corrected_mi(full_state), left_out, fractions)
     return check_finite_result(estimate, "The mutual information", regularisable=False), error
