@@ -19,7 +19,6 @@ from mid_metric.jackknife import (
     leave_one_out_moments,
     merge_groups,
     row_groups,
-    shared_fit,
 )
 from mid_metric.jackknife.shared_fit import shared_corrected_terms
 
@@ -93,19 +92,6 @@ def test_schur_complement_terms_equal_the_joint_factorisation(shared, seed):
     for value, reference in zip(actual, expected):
         assert float(value) == pytest.approx(float(reference), rel=1e-12)
     assert float(expected[1]) != pytest.approx(0.0, abs=1e-3)  # a distance term that the test can get wrong
-
-
-@pytest.mark.parametrize("shared", ["text", "image"])
-def test_schur_complement_terms_of_the_device_path_equal_the_host_path(shared, monkeypatch):
-    """On other devices the element-wise passes stay in torch: the same terms as numpy's on the calling thread."""
-    reference_rows, candidate_rows = _sharing_sets(shared, 3)
-    reference_packed, candidate_packed = (moments.from_features(r) for r in (reference_rows, candidate_rows))
-    host = shared_corrected_terms(reference_packed, candidate_packed, 4, shared)
-    monkeypatch.setattr(shared_fit, "host_array", lambda tensor: None)
-    device = shared_corrected_terms(reference_packed, candidate_packed, 4, shared)
-    for value, reference in zip(device, host):
-        assert float(value) == pytest.approx(float(reference), rel=1e-13)
-    assert float(host[1]) != pytest.approx(0.0, abs=1e-3)
 
 
 def test_schur_complement_terms_refuse_other_sharing_and_dependent_features():

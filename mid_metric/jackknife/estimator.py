@@ -17,7 +17,6 @@ from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_finite_result, check_level
-from mid_metric.cpu_threads import one_thread
 from mid_metric.gaussian import (
     GaussianReference,
     block_traces,
@@ -201,13 +200,12 @@ def _shared_left_out(
     images, texts = slice(0, image_dim), slice(image_dim, None)
     reference_blocks = [(images, images), (texts, slice(None))]
     candidate_blocks = [(slice(None), images)] if shared == "text" else [(texts, slice(None))]
-    with one_thread():  # memory-bound passes: cheaper on one thread on a busy machine
-        mean, covariance = leave_one_out_moments(
-            reference_full, reference_part, scale=1.0 / (count - 1), blocks=reference_blocks
-        )
-        candidate_mean, scatter = leave_one_out_moments(
-            candidate_full, candidate_part, center=mean, scale=1.0 / (num_candidates - 1), blocks=candidate_blocks
-        )
+    mean, covariance = leave_one_out_moments(
+        reference_full, reference_part, scale=1.0 / (count - 1), blocks=reference_blocks
+    )
+    candidate_mean, scatter = leave_one_out_moments(
+        candidate_full, candidate_part, center=mean, scale=1.0 / (num_candidates - 1), blocks=candidate_blocks
+    )
     mutual_info, distance = shared_terms_from_covariances(
         SampleMoments(mean, covariance, count),
         SampleMoments(candidate_mean, scatter, num_candidates),

@@ -20,21 +20,19 @@ With ``G^T = L_w^-1 S_wu`` and ``G_hat^T = L_w^-1 S_hat_wu`` (one triangular sol
 product ``S_u^-1 F``, similar to the link. The shared block of the candidates is never read: the caller has checked
 that it is the reference's
 (:func:`mid_metric.wishart.shared_modality` and the group-by-group check of
-:func:`mid_metric.jackknife.jackknife_estimates`).
+:func:`mid_metric.jackknife.jackknife_estimates`). The jackknife runs each fit on one torch thread
+(:func:`mid_metric.jackknife.left_out_fits`), so its element-wise passes open no parallel region.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from mid_metric import moments, wishart
 from mid_metric._checks import check_candidate_count
-from mid_metric.batch_passes import host_array
-from mid_metric.cpu_threads import one_thread
 from mid_metric.gaussian import checked_cholesky, precisions_from_choleskys
 
 __all__ = ["SampleMoments", "shared_corrected_terms", "shared_terms_from_covariances"]
@@ -48,14 +46,6 @@ class SampleMoments(NamedTuple):
     count: int
 
 
-def _log_determinant_half(factor: Tensor) -> Tensor:
-    """``log|S| / 2`` from the Cholesky factor of ``S``."""
-    pivots = host_array(factor.diagonal())
-    if pivots is None:
-        return factor.diagonal().log().sum()
-    return torch.tensor(float(np.log(pivots).sum()), dtype=factor.dtype)
-
-
 # Width of the row blocks of _lower_gram: 1/3 of D = 768, so that the lower tiles are 2/3 of the flops.
 _GRAM_BLOCK = 256
 
@@ -63,8 +53,7 @@ _GRAM_BLOCK = 256
 def _lower_gram(columns: Tensor) -> Tensor:
     """``X^T X`` on its lower triangle (diagonal included; zeros above the diagonal blocks), in row blocks."""
     dim = columns.shape[1]
-    with one_thread():
-        gram = columns.new_zeros(dim, dim)
+    gram = columns.new_zeros(dim, dim)
     for start in range(0, dim, _GRAM_BLOCK):
         stop = min(dim, start + _GRAM_BLOCK)
         gram[start:stop, :stop].addmm_(columns[:, start:stop].mT, columns[:, :stop], beta=0.0)
@@ -72,37 +61,9 @@ def _lower_gram(columns: Tensor) -> Tensor:
 
 
 def _trace_of_product(precision: Tensor, lower: Tensor) -> Tensor:
-    """``tr(P M)`` for a symmetric ``P`` (both triangles stored) and a symmetric ``M`` (its lower triangle is read).
-
-    On the CPU the passes run in numpy on the calling thread (see :mod:`mid_metric.batch_passes`: a parallel region
-    per pass costs more than the pass on a busy machine).
-    """
-    first, second = host_array(precision), host_array(lower)
-    if first is None or second is None:
-        products = precision * lower
-        return 2.0 * products.tril().sum() - products.diagonal().sum()
-    products = first * second
-    return torch.tensor(2.0 * float(np.tril(products).sum()) - float(np.trace(products)), dtype=precision.dtype)
-
-
-def _conditional_scatter(scatter: Tensor, mixed: Tensor, explained: Tensor) -> Tensor:
-    """``C = S_hat_u - X - X^T + E``, the candidates' scatter about the reference regression (lower triangle)."""
-    arrays = [host_array(matrix) for matrix in (scatter, mixed, explained)]
-    if any(array is None for array in arrays):
-        return (scatter - mixed).sub_(mixed.mT).add_(explained)
-    result = arrays[0] - arrays[1]
-    result -= arrays[1].T
-    result += arrays[2]
-    return torch.from_numpy(result)
-
-
-def _link_coupling(link: Tensor) -> Tensor:
-    """:func:`mid_metric.wishart.link_coupling`, its passes on the calling thread on the CPU."""
-    array = host_array(link)
-    if array is None:
-        return wishart.link_coupling(link)
-    trace = float(np.trace(array))
-    return torch.tensor(2.0 * trace + float((array * array.T).sum()) + trace**2, dtype=link.dtype)
+    """``tr(P M)`` for a symmetric ``P`` (both triangles stored) and a symmetric ``M`` (its lower triangle is read)."""
+    products = precision * lower
+    return 2.0 * products.tril().sum() - products.diagonal().sum()
 
 
 def shared_corrected_terms(
@@ -180,28 +141,26 @@ def shared_terms_from_covariances(
     new_dim = chol_new.shape[0]
     # [G^T, G_hat^T] = L_w^-1 [S_wu, S_hat_wu] in one solve, then G G^T (lower tiles) and G G_hat^T.
     offset = candidate_mean - mean
-    with one_thread():  # (a copy: memory-bound)
-        right_side = torch.cat([new_by_kept(covariance).mT, new_by_kept(scatter).mT, offset[kept].unsqueeze(1)], dim=1)
+    right_side = torch.cat([new_by_kept(covariance).mT, new_by_kept(scatter).mT, offset[kept].unsqueeze(1)], dim=1)
     # (The last column, L_w^-1 d_w, serves the link's correction for the candidates' mean.)
     whitened = torch.linalg.solve_triangular(chol_kept, right_side, upper=False)
     explained = _lower_gram(whitened[:, :new_dim])  # B S_w B^T = G G^T, lower triangle
     mixed = whitened[:, :new_dim].mT @ whitened[:, new_dim : 2 * new_dim]  # B S_hat_wu = G G_hat^T
     new_variances = covariance[new, new].diagonal()
-    with one_thread():
-        schur_complement = covariance[new, new] - explained
+    schur_complement = covariance[new, new] - explained
     chol_conditional = checked_cholesky(schur_complement, "reference (image, text) pairs", new_variances)
-    mutual_info = _log_determinant_half(chol_new) - _log_determinant_half(chol_conditional)
+    mutual_info = chol_new.diagonal().log().sum() - chol_conditional.diagonal().log().sum()  # (log|S_u| - log|A|) / 2
     # Both traces and the link from the two inverses (one thread's inverse of a factor costs less than factorising
     # the candidates' block and solving, and S_u^-1 serves the link too: S_u^-1 F is similar to L).
     new_precision, conditional_precision = precisions_from_choleskys(chol_new, chol_conditional)
     own_trace = _trace_of_product(new_precision, scatter[new, new])
-    conditional_scatter = _conditional_scatter(scatter[new, new], mixed, explained)
+    conditional_scatter = (scatter[new, new] - mixed).sub_(mixed.mT).add_(explained)  # C, lower triangle
     conditional_trace = _trace_of_product(conditional_precision, conditional_scatter)
     # The link L = C_hat_uw B^T S_u^-1, with C_hat the candidates' covariance about their own mean:
     # C_hat = S_hat - M / (M - 1) d d^T for d their mean less the reference's; L is similar to S_u^-1 F.
     regressed_offset = whitened[:, :new_dim].mT @ whitened[:, 2 * new_dim :]
     numerator = torch.addr(mixed.mT, offset[new], regressed_offset[:, 0], alpha=-num_candidates / (num_candidates - 1))
-    coupling = _link_coupling(new_precision @ numerator)
+    coupling = wishart.link_coupling(new_precision @ numerator)
     mutual_info = mutual_info - wishart.mutual_information_bias(image_dim, dim - image_dim, count)
     own_dim, other_dim = new_dim, dim - new_dim
     distance = wishart.shared_distance(own_trace, conditional_trace, coupling, own_dim, other_dim, count)
